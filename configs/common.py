@@ -1,0 +1,130 @@
+"""Shared config pieces: the model sizes table, ablation variants and `:k=v` arg parsing.
+
+Configs are code (big_vision style): every experiment file has `get_config(arg)` returning an
+`ml_collections.ConfigDict`, and `--config=configs/pretrain.py:size=tiny,variant=full` passes
+`"size=tiny,variant=full"` as `arg`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# One row per size. ecg_* is the modality-specific ECG backbone (pre-norm ViT over lead-patch
+# tokens, ST-MEM's lead-wise tokenisation), text_* the report transformer, shared_*/specific_*
+# the disentanglement encoders (CG-DMER), dec_* the light MAE-style ECG decoder.
+# Parameter counts measured from the model are listed in the README.
+SIZES = {
+    # Tests and the CPU quickstart: about 1M parameters.
+    "tiny": dict(ecg_width=96, ecg_depth=3, ecg_heads=3,
+                 text_width=96, text_depth=2, text_heads=3,
+                 shared_depth=1, specific_depth=1,
+                 dec_width=64, dec_depth=1, dec_heads=2,
+                 embed_dim=64),
+    # ST-MEM small widths (384/12/6) for the ECG backbone.
+    "small": dict(ecg_width=384, ecg_depth=12, ecg_heads=6,
+                  text_width=384, text_depth=6, text_heads=6,
+                  shared_depth=2, specific_depth=2,
+                  dec_width=256, dec_depth=4, dec_heads=4,
+                  embed_dim=256),
+    # ViT-B-like ECG backbone (768/12/12, about 85M parameters), as ST-MEM base.
+    "base": dict(ecg_width=768, ecg_depth=12, ecg_heads=12,
+                 text_width=768, text_depth=6, text_heads=12,
+                 shared_depth=2, specific_depth=2,
+                 dec_width=256, dec_depth=4, dec_heads=4,
+                 embed_dim=256),
+}
+
+# Ablation variants of the paper's ablation table. Each sets the loss weights (0 switches a
+# term off and the model skips the branch that only that term needs) and whether the ECG and
+# the report are masked at all.
+VARIANTS = {
+    # SigLIP between (unmasked) ECG and report only.
+    "contrastive": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
+                        mask_ecg=False, mask_text=False),
+    # + spatial-temporal masked ECG modelling.
+    "ecg_mask": dict(ecg=1.0, text=0.0, contrastive=1.0, disentangle=0.0,
+                     mask_ecg=True, mask_text=False),
+    # + masked report reconstruction.
+    "text_mask": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=0.0,
+                      mask_ecg=True, mask_text=True),
+    # + disentanglement: full CG-DMER.
+    "full": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=1.0,
+                 mask_ecg=True, mask_text=True),
+    # Masked ECG modelling alone (no report): the ST-MEM-matched throughput comparison.
+    "ecg_mask_only": dict(ecg=1.0, text=0.0, contrastive=0.0, disentangle=0.0,
+                          mask_ecg=True, mask_text=False),
+}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `"k1=v1,k2=v2"` into a ConfigDict over `defaults` (values typed like the default).
+
+  Args:
+    arg: the text after `:` in `--config=path.py:arg`, or None.
+    **defaults: every accepted key with its default value.
+
+  Returns:
+    A ConfigDict with one entry per default.
+
+  Raises:
+    ValueError: on an unknown key or a malformed item.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if not item:
+      continue
+    if "=" not in item:
+      raise ValueError(f"config arg item {item!r} is not key=value (got arg {arg!r})")
+    key, value = item.split("=", 1)
+    if key not in defaults:
+      raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, int):
+      out[key] = int(value)
+    elif isinstance(default, float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def model_config(size: str, *, fs: int, vocab_size: int = 8000,
+                 max_report_len: int = 128) -> ml_collections.ConfigDict:
+  """The `config.model` subtree for a size from `SIZES`.
+
+  Args:
+    size: a key of `SIZES`.
+    fs: sampling rate of the data; sets the default patch length (0.1 s, the paper's
+      50 samples at 500 Hz; 0.25 s for `tiny` to keep CPU tests fast).
+    vocab_size: SentencePiece vocabulary (the trainer checks it against the dataset).
+    max_report_len: padded report length (the trainer checks it against the dataset).
+
+  Returns:
+    ConfigDict of the model.
+  """
+  if size not in SIZES:
+    raise ValueError(f"unknown size {size!r}; known: {sorted(SIZES)}")
+  m = ml_collections.ConfigDict(dict(SIZES[size]))
+  m.size = size
+  m.patch_size = fs // 4 if size == "tiny" else fs // 10
+  m.num_leads = 12
+  m.vocab_size = vocab_size
+  m.max_report_len = max_report_len
+  m.mlp_ratio = 4
+  # ECG features used for linear probing: 'shared', 'specific' or 'concat'.
+  m.probe_features = "concat"
+  # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
+  m.norm_patch_target = True
+  # Compute dtype; parameters stay float32.
+  m.dtype = "float32"
+  # Layers under lax.scan (one compiled block per stack) and optional rematerialisation.
+  m.scan_layers = True
+  m.remat = False
+  # SigLIP initial temperature (log) and bias, from the SigLIP paper: t'=log 10, b=-10.
+  m.siglip_init_log_temp = 2.302585
+  m.siglip_init_bias = -10.0
+  return m
