@@ -1,0 +1,177 @@
+"""Orbax checkpoints of the training state: interval and preemption saves, resume precedence.
+
+A checkpoint is one step folder under `<workdir>/checkpoints/` holding three items:
+`params` (the model parameters, an `nnx.State`), `opt_state` (optax state) and `meta` (JSON:
+step, config name, variant). Params are a separate item so that `init_from` and the export
+can read them without the optimizer state. Orbax writes each step to a temporary folder and
+renames it when complete, so a killed run never leaves a checkpoint that looks whole.
+
+Resume precedence (first that applies wins):
+  1. the latest checkpoint in the workdir (a restarted or preempted run continues),
+  2. `config.checkpoint.resume_from`: another run's checkpoint, full state and step,
+  3. `config.checkpoint.init_from`: parameters only (from a checkpoint or an export); the
+     optimizer and the step start fresh,
+  4. scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+ITEMS = ("params", "opt_state", "meta")
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+class Checkpointer:
+  """A thin wrapper over `ocp.CheckpointManager` for the training state."""
+
+  def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
+               async_save: bool = True):
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, int(every_steps)), max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: dict[str, Any], meta: dict[str, Any], *,
+           force: bool = False) -> bool:
+    """Saves `state` ({'params', 'opt_state'}) at `step` if the interval says so (or force)."""
+    return self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, step: int, abstract_state: dict[str, Any], shardings: dict[str, Any]
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restores ({'params', 'opt_state'}, meta) at `step` onto `shardings`."""
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(abstract_state["params"],
+                                                  shardings["params"])),
+        opt_state=ocp.args.StandardRestore(_abstract(abstract_state["opt_state"],
+                                                     shardings["opt_state"])),
+        meta=ocp.args.JsonRestore()))
+    return {"params": out["params"], "opt_state": out["opt_state"]}, dict(out["meta"])
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def resolve_step_dir(path: str | os.PathLike) -> epath.Path:
+  """A checkpoint step folder from a workdir, a checkpoints folder or a step folder.
+
+  Raises:
+    FileNotFoundError: if no complete checkpoint is found there.
+  """
+  path = epath.Path(path)
+  if (path / "params").exists():
+    return path
+  for root in (path / "checkpoints", path):
+    if root.exists():
+      steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()
+                     and (p / "params").exists())
+      if steps:
+        return root / str(steps[-1])
+  raise FileNotFoundError(f"no checkpoint found at {path} (expected a workdir, its "
+                          "checkpoints/ folder, a step folder or an export holding params/)")
+
+
+def restore_params(path: str | os.PathLike, abstract_params: Any, shardings: Any) -> Any:
+  """Restores only the `params` item from a step folder or an export folder."""
+  step_dir = resolve_step_dir(path)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(step_dir / "params", _abstract(abstract_params, shardings))
+
+
+@dataclasses.dataclass
+class Resumed:
+  state: dict[str, Any]
+  step: int
+  source: str  # 'workdir', 'resume_from', 'init_from' or 'scratch'
+
+
+def initial_state(ckpt: Checkpointer, config, abstract_state: dict[str, Any],
+                  shardings: dict[str, Any], init_fn: Callable[[], dict[str, Any]]
+                  ) -> Resumed:
+  """Applies the resume precedence of the module docstring.
+
+  Args:
+    ckpt: the workdir's checkpointer.
+    config: full config (`checkpoint.resume_from`, `checkpoint.init_from`).
+    abstract_state: {'params', 'opt_state'} of ShapeDtypeStructs.
+    shardings: matching NamedShardings.
+    init_fn: returns a freshly initialised {'params', 'opt_state'} on `shardings`.
+
+  Returns:
+    The state to train from, its step and where it came from.
+  """
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, meta = ckpt.restore(latest, abstract_state, shardings)
+    return Resumed(state, int(meta.get("step", latest)), "workdir")
+  if config.checkpoint.resume_from:
+    step_dir = resolve_step_dir(config.checkpoint.resume_from)
+    other = Checkpointer(step_dir.parent, every_steps=1, keep=None, async_save=False)
+    try:
+      state, meta = other.restore(int(step_dir.name), abstract_state, shardings)
+    finally:
+      other.close()
+    return Resumed(state, int(meta.get("step", int(step_dir.name))), "resume_from")
+  state = init_fn()
+  if config.checkpoint.init_from:
+    state["params"] = restore_params(config.checkpoint.init_from, abstract_state["params"],
+                                     shardings["params"])
+    return Resumed(state, 0, "init_from")
+  return Resumed(state, 0, "scratch")
+
+
+class PreemptionWatcher:
+  """Notices SIGTERM so the loop can save a checkpoint at the current step and exit cleanly.
+
+  Single process: our own SIGTERM handler sets a flag. Multi-process: JAX's preemption sync
+  point (the coordination service catches SIGTERM on any process) makes every process agree
+  on the same step, so they all save it together.
+  """
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._multi = jax.process_count() > 1
+    self._previous = None
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
+    self._flag.set()
+
+  def reached(self, step: int) -> bool:
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag.is_set()
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

@@ -1,0 +1,76 @@
+"""Validation of a pretraining config, so bad values fail with a clear message before compiling."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+NORMALIZE = ("zscore", "none")
+DTYPES = ("float32", "bfloat16")
+PROBE = ("shared", "specific", "concat")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def _require(cond: bool, msg: str) -> None:
+  if not cond:
+    raise ConfigError(msg)
+
+
+def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
+  """Raises ConfigError on the first impossible or inconsistent value.
+
+  Args:
+    config: a pretraining config (configs/pretrain.py).
+    need_data: whether `data.dir` must be set (False for synthetic benchmarks).
+  """
+  d, m, k, o = config.data, config.model, config.mask, config.optim
+  if need_data:
+    _require(bool(d.dir), "config.data.dir is not set: pass --config.data.dir=DIR, the output "
+             "folder of `python -m data_pipelines.build`")
+  _require(d.fs > 0, f"config.data.fs must be positive, got {d.fs}")
+  _require(d.seconds > 0, f"config.data.seconds must be positive, got {d.seconds}")
+  num_samples = d.fs * d.seconds
+  _require(abs(num_samples - round(num_samples)) < 1e-6,
+           f"config.data.fs * seconds = {num_samples} is not a whole number of samples")
+  _require(m.patch_size > 0 and round(num_samples) % m.patch_size == 0,
+           f"config.model.patch_size={m.patch_size} does not divide the "
+           f"{round(num_samples)} samples per lead (fs={d.fs}, seconds={d.seconds})")
+  _require(d.batch_size > 0, f"config.data.batch_size must be positive, got {d.batch_size}")
+  _require(d.normalize in NORMALIZE,
+           f"config.data.normalize={d.normalize!r}; choose one of {NORMALIZE}")
+  _require(m.size in common.SIZES, f"config.model.size={m.size!r}; known: {sorted(common.SIZES)}")
+  _require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r}; choose one of {DTYPES}")
+  _require(m.probe_features in PROBE,
+           f"config.model.probe_features={m.probe_features!r}; choose one of {PROBE}")
+  for name in ("ecg", "text"):
+    _require(m[f"{name}_width"] % m[f"{name}_heads"] == 0,
+             f"config.model.{name}_width={m[f'{name}_width']} is not divisible by "
+             f"{name}_heads={m[f'{name}_heads']}")
+  _require(m.dec_width % m.dec_heads == 0,
+           f"config.model.dec_width={m.dec_width} is not divisible by dec_heads={m.dec_heads}")
+  for name in ("lead_ratio", "time_ratio", "token_ratio", "text_ratio"):
+    _require(0.0 <= k[name] < 1.0, f"config.mask.{name}={k[name]} must be in [0, 1)")
+  for name in ("ecg", "text", "contrastive", "disentangle"):
+    _require(config.loss[name] >= 0, f"config.loss.{name}={config.loss[name]} must be >= 0")
+  _require(sum(config.loss[n] for n in ("ecg", "text", "contrastive", "disentangle")) > 0,
+           "all loss weights are 0: nothing to train")
+  _require(not (config.loss.ecg > 0 and not k.ecg),
+           "config.loss.ecg > 0 needs config.mask.ecg=True (nothing to reconstruct otherwise)")
+  _require(not (config.loss.text > 0 and not k.text),
+           "config.loss.text > 0 needs config.mask.text=True (nothing to reconstruct otherwise)")
+  _require(o.lr > 0, f"config.optim.lr must be positive, got {o.lr}")
+  _require(o.warmup_steps >= 0, f"config.optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+  _require(o.grad_accum_steps >= 1 and d.batch_size % o.grad_accum_steps == 0,
+           f"config.optim.grad_accum_steps={o.grad_accum_steps} must be >= 1 and divide "
+           f"data.batch_size={d.batch_size}")
+  _require(config.total_steps > 0, f"config.total_steps must be positive, got {config.total_steps}")
+  _require(config.checkpoint.every_steps > 0,
+           f"config.checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
+  _require(config.checkpoint.keep is None or config.checkpoint.keep >= 1,
+           f"config.checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
+  _require(config.mesh.data == -1 or config.mesh.data >= 1, "config.mesh.data must be >= 1 or -1")
+  _require(config.mesh.fsdp == -1 or config.mesh.fsdp >= 1, "config.mesh.fsdp must be >= 1 or -1")

@@ -1,0 +1,74 @@
+"""Pretraining entry point.
+
+  python -m cgdmer_jax.main --config=configs/pretrain.py:size=tiny --workdir=DIR \
+      --config.data.dir=DATA_DIR [--config.total_steps=2000 ...]
+
+Multi-process (TPU slices, multi-node GPU): every process runs this same command;
+`jax.distributed.initialize()` is called first (its arguments come from the environment on
+Cloud TPU and SLURM, or from --coordinator_address/--num_processes/--process_id).
+Exit status: 0 on success or after a clean preemption save, 1 on an error (message printed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/pretrain.py:size=tiny; override any field with "
+    "--config.a.b=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the resolved config "
+                               "go here; an existing workdir is resumed.", required=True)
+_MULTIPROCESS = flags.DEFINE_enum(
+    "multiprocess", "auto", ["auto", "on", "off"],
+    "Call jax.distributed.initialize(): 'auto' does when the environment describes a "
+    "multi-process job (SLURM with more than one task, Cloud TPU multi-host, or "
+    "--num_processes > 1).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for jax.distributed.initialize.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _is_multiprocess_env() -> bool:
+  if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  return "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
+
+
+def main(argv) -> int:
+  del argv
+  # TensorFlow is only the input pipeline: keep it off the accelerators.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if _MULTIPROCESS.value == "on" or (_MULTIPROCESS.value == "auto" and _is_multiprocess_env()):
+    kwargs = {}
+    if _COORDINATOR.value:
+      kwargs = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                    process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(**kwargs)
+  logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].device_kind)
+
+  from cgdmer_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (config_checks.ConfigError, train.NonFiniteLossError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,100 @@
+"""Process-0 metric writers (JSONL and TensorBoard) and the training progress bar.
+
+Every process calls the same methods (habit 5: every process runs the same program); only
+process 0 writes anything. `metrics.jsonl` holds one JSON object per logged step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from typing import Mapping
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+
+def _to_float(v) -> float:
+  return float(np.asarray(v))
+
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard event files on process 0."""
+
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self.active:
+      return
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    if tensorboard:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.set_visible_devices([], "GPU")
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step)}
+    row.update({k: _to_float(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(row, allow_nan=True) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      with self._tb.as_default(step=int(step)):
+        for k, v in row.items():
+          if k != "step" and math.isfinite(v):
+            self._tf.summary.scalar(k, v)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+class Progress:
+  """A tqdm bar with ETA on process 0; a no-op elsewhere."""
+
+  def __init__(self, start: int, total: int, desc: str = "train"):
+    self._bar = None
+    if jax.process_index() == 0:
+      self._bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+
+  def update(self, n: int = 1, **postfix) -> None:
+    if self._bar is None:
+      return
+    if postfix:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+    self._bar.update(n)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+class WindowMean:
+  """Running means of fetched step metrics between two log points."""
+
+  def __init__(self):
+    self._sums: dict[str, float] = {}
+    self._n = 0
+
+  def add(self, scalars: Mapping[str, float]) -> None:
+    for k, v in scalars.items():
+      self._sums[k] = self._sums.get(k, 0.0) + float(v)
+    self._n += 1
+
+  def pop(self) -> dict[str, float]:
+    out = {k: v / max(self._n, 1) for k, v in self._sums.items()}
+    self._sums, self._n = {}, 0
+    return out

@@ -1,0 +1,64 @@
+"""The optax optimizer built from `config.optim`: AdamW, warmup + cosine, clipping, decay mask.
+
+Weight decay applies to weight matrices only (parameters named `kernel` outside any
+embedding); norms, biases, embeddings and the SigLIP temperature/bias are not decayed, as in
+ViT/MAE practice. The rule is by name, not by rank, because scanned layer stacks add a leading
+layer axis to every parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def _path_names(path) -> list[str]:
+  names = []
+  for entry in path:
+    key = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))
+    names.append(str(key))
+  # nnx.Param leaves end in a `.value` attribute; the parameter's own name is before it.
+  while names and names[-1] == "value":
+    names.pop()
+  return names
+
+
+def decay_mask(params: Any) -> Any:
+  """Pytree of bools: True where weight decay applies (kernels outside embeddings)."""
+  def is_decayed(path, _):
+    names = _path_names(path)
+    return bool(names) and names[-1] == "kernel" and not any("embed" in n for n in names)
+  return jax.tree_util.tree_map_with_path(is_decayed, params)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to `optim.lr`, then cosine decay to 0 at `total_steps`."""
+  warmup = max(0, min(config.optim.warmup_steps, config.total_steps))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.optim.lr, warmup_steps=warmup,
+      decay_steps=max(config.total_steps, warmup + 1), end_value=0.0)
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with global-norm clipping and the decay mask.
+
+  Args:
+    config: the full config (`optim.*`, `total_steps`).
+
+  Returns:
+    (optimizer, learning-rate schedule). Gradient accumulation is done in the train step
+    (micro-batches under `lax.scan`), not by wrapping the optimizer, so the optimizer state
+    is the same whatever `optim.grad_accum_steps` is.
+  """
+  schedule = learning_rate_schedule(config)
+  chain = []
+  if config.optim.clip_norm and config.optim.clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(config.optim.clip_norm))
+  chain.append(optax.adamw(
+      learning_rate=schedule, b1=config.optim.b1, b2=config.optim.b2,
+      weight_decay=config.optim.weight_decay, mask=decay_mask))
+  return optax.chain(*chain), schedule

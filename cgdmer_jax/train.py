@@ -1,0 +1,321 @@
+"""The pretraining loop: mesh, input, model, sharding, jitted step, checkpoints, evals.
+
+Sections read top to bottom as in big_vision's train.py. The step is a pure function
+`(state, batch) -> (state, metrics)` jitted once over the mesh with explicit shardings and the
+state donated. The step's RNG is `fold_in(seed, step)` and the input stream is a pure function
+of (seed, step), so a resumed run continues exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cgdmer_jax import checkpointing
+from cgdmer_jax import config_checks
+from cgdmer_jax import metrics as metrics_lib
+from cgdmer_jax import objective
+from cgdmer_jax import optim
+from cgdmer_jax import sharding
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the run stops, keeping the last good checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: dataset facts into the config, and the input streams.
+
+
+def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
+  """Checks the converted dataset against the config and copies its vocabulary facts in."""
+  if info.fs != config.data.fs:
+    raise config_checks.ConfigError(
+        f"the dataset at {config.data.dir} is at {info.fs} Hz but config.data.fs="
+        f"{config.data.fs}: pass --config.data.fs={info.fs} or rebuild the data")
+  want = int(round(config.data.fs * config.data.seconds))
+  if info.num_samples != want:
+    raise config_checks.ConfigError(
+        f"the dataset holds {info.num_samples} samples per lead but config.data.fs * seconds "
+        f"= {want}: pass --config.data.seconds={info.num_samples / info.fs:g}")
+  with config.unlocked():
+    config.model.vocab_size = int(info.vocab_size)
+    config.model.max_report_len = int(info.max_report_len)
+
+
+def train_stream(config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  return reader.train_batches(
+      config.data.dir, split=config.data.train_split, global_batch_size=config.data.batch_size,
+      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer)
+
+
+def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
+  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  return reader.eval_batches(config.data.dir, split=split,
+                             global_batch_size=config.data.eval_batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+
+def micro_batches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [n, B/n, ...] so that every micro-batch stays spread over all devices.
+
+  Row r goes to micro-batch r % n: each device's contiguous block of rows holds B/(n*devices)
+  rows of every micro-batch, so the split needs no communication.
+  """
+  def split(x):
+    y = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+    y = jnp.swapaxes(y, 0, 1)
+    return jax.lax.with_sharding_constraint(y, P(None, sharding.DATA_AXES))
+  return jax.tree.map(split, batch)
+
+
+def make_loss_and_grads(graphdef, config) -> Callable:
+  """`(params, batch, rng) -> ((loss, metrics), grads)`, averaged over micro-batches.
+
+  With `optim.grad_accum_steps > 1` the global batch is processed in micro-batches under
+  `lax.scan` (memory of one micro-batch); the contrastive loss then sees the micro-batch
+  as its negatives, as in any accumulation scheme.
+  """
+  grad_fn = jax.value_and_grad(
+      functools.partial(objective.loss_fn, graphdef=graphdef, config=config), has_aux=True)
+
+  def loss_and_grads(params, batch, rng):
+    n = int(config.optim.grad_accum_steps)
+    if n == 1:
+      return grad_fn(params, batch=batch, rng=rng)
+    mbs = micro_batches(batch, n)
+
+    def body(carry, xs):
+      i, mb = xs
+      (loss, mets), grads = grad_fn(params, batch=mb, rng=jax.random.fold_in(rng, i))
+      acc = jax.tree.map(jnp.add, carry, (loss, mets, grads))
+      return acc, None
+
+    (loss0, mets0), grads0 = jax.eval_shape(
+        lambda: grad_fn(params, batch=jax.tree.map(lambda x: x[0], mbs), rng=rng))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, mets0, grads0))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(n), mbs))
+    loss, mets, grads = jax.tree.map(lambda x: x / n, total)
+    return (loss, mets), grads
+
+  return loss_and_grads
+
+
+def make_train_step(graphdef, config, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable:
+  """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}."""
+  loss_and_grads = make_loss_and_grads(graphdef, config)
+  base_key = jax.random.key(config.seed)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(base_key, state["step"])
+    (loss, mets), grads = loss_and_grads(state["params"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    mets = dict(mets)
+    mets["loss"] = loss
+    mets["grad_norm"] = optax.global_norm(grads)
+    mets["lr"] = schedule(state["step"])
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, mets
+
+  return train_step
+
+
+def make_eval_step(graphdef, config) -> Callable:
+  """`(params, batch) -> metrics` with a fixed masking RNG, so evals are comparable."""
+  key = jax.random.fold_in(jax.random.key(config.seed), -1)
+  def eval_step(params, batch):
+    loss, mets = objective.loss_fn(params, graphdef=graphdef, batch=batch, rng=key,
+                                   config=config)
+    mets = dict(mets)
+    mets["loss"] = loss
+    return mets
+  return eval_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup shared by training, benchmarks and tests.
+
+
+@dataclasses.dataclass
+class Setup:
+  mesh: jax.sharding.Mesh
+  graphdef: Any
+  abstract_state: dict[str, Any]
+  state_shardings: dict[str, Any]
+  init_state: Callable[[], dict[str, Any]]
+  train_step: Callable  # jitted, donates the state
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+
+
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  """Builds the model, optimizer, shardings and the jitted step on `mesh` (nothing runs)."""
+  sharding.check_batch_size(config.data.batch_size, mesh)
+  tx, schedule = optim.make_optimizer(config)
+  holder = {}
+
+  def init_params():
+    graphdef, params = objective.init(config, config.seed)
+    holder["graphdef"] = graphdef
+    return params
+
+  abstract_params = jax.eval_shape(init_params)
+  graphdef = holder["graphdef"]
+  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+                    "opt_state": jax.eval_shape(tx.init, abstract_params)}
+  shardings = sharding.state_shardings(abstract_state, mesh)
+  shardings["step"] = sharding.replicated(mesh)
+
+  @functools.partial(jax.jit, out_shardings=shardings)
+  def init_state():
+    params = init_params()
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  batch_sh = sharding.batch_sharding(mesh)
+  step = jax.jit(make_train_step(graphdef, config, tx, schedule),
+                 in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
+                 donate_argnums=(0,))
+  return Setup(mesh, graphdef, abstract_state, shardings, init_state, step, tx, schedule)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(mets).items()}
+
+
+def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, float]:
+  """Mean loss terms over a split (padding rows excluded by the batch `mask`)."""
+  sums: dict[str, float] = {}
+  n = 0
+  for i, local in enumerate(eval_stream(config, split)):
+    if config.eval_steps and i >= config.eval_steps:
+      break
+    mets = _fetch(eval_step(params, sharding.global_batch(local, mesh)))
+    for k, v in mets.items():
+      sums[k] = sums.get(k, 0.0) + v
+    n += 1
+  return {f"val/{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains per `config`, checkpointing to `workdir`; resumes whatever is there.
+
+  Returns:
+    The last logged metrics (process-local floats).
+  """
+  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  config_checks.check(config)
+  apply_dataset_info(config, reader.load_info(config.data.dir))
+  write_config(config, workdir)
+
+  mesh = sharding.make_mesh(config)
+  s = setup(config, mesh)
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints",
+                                    every_steps=config.checkpoint.every_steps,
+                                    keep=config.checkpoint.keep)
+  resumed = checkpointing.initial_state(ckpt, config, s.abstract_state, s.state_shardings,
+                                        s.init_state)
+  state = resumed.state
+  state["step"] = jax.device_put(jnp.asarray(resumed.step, jnp.int32), s.state_shardings["step"])
+  step = resumed.step
+  logging.info("starting at step %d (%s); mesh %s; %d devices, %d processes", step,
+               resumed.source, dict(mesh.shape), mesh.size, jax.process_count())
+
+  eval_step = jax.jit(make_eval_step(s.graphdef, config))
+  writer = metrics_lib.MetricWriter(workdir)
+  window = metrics_lib.WindowMean()
+  progress = metrics_lib.Progress(step, config.total_steps)
+  watcher = checkpointing.PreemptionWatcher()
+  meta = {"config": "pretrain", "variant": config.get("variant", ""), "seed": config.seed}
+  last_logged: dict[str, float] = {}
+  pending = None  # (step, device metrics) of the last dispatched step, fetched one step later
+  last_good_step = ckpt.latest_step()
+
+  def flush() -> None:
+    nonlocal pending
+    if pending is None:
+      return
+    p_step, p_mets = pending
+    pending = None
+    fetched = _fetch(p_mets)
+    if not math.isfinite(fetched["loss"]):
+      raise NonFiniteLossError(
+          f"loss is {fetched['loss']} at step {p_step} ({fetched}); the run stops here. The "
+          f"last good checkpoint is step {last_good_step} in {ckpt.directory}")
+    window.add(fetched)
+
+  def save(at: int, force: bool) -> None:
+    nonlocal last_good_step
+    flush()  # never checkpoint a state whose loss was not checked
+    if ckpt.save(at, state, dict(meta, step=at), force=force):
+      last_good_step = at
+
+  t_window, steps_window = time.perf_counter(), 0
+  try:
+    with jax.set_mesh(mesh):
+      batches = train_stream(config, step)
+      while step < config.total_steps:
+        batch = sharding.global_batch(next(batches), mesh)
+        state, mets = s.train_step(state, batch)
+        step += 1
+        steps_window += 1
+        flush()  # metrics of step-1: the device is already busy with this step
+        pending = (step, mets)
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          flush()
+          dt = time.perf_counter() - t_window
+          last_logged = window.pop()
+          last_logged["examples_per_s"] = steps_window * config.data.batch_size / dt
+          last_logged["step_time_s"] = dt / steps_window
+          writer.write(step, last_logged)
+          progress.update(steps_window, loss=last_logged["loss"])
+          t_window, steps_window = time.perf_counter(), 0
+        if step % config.checkpoint.every_steps == 0 or step == config.total_steps:
+          save(step, force=step == config.total_steps)
+        if config.eval_every_steps and (step % config.eval_every_steps == 0
+                                        or step == config.total_steps):
+          val = evaluate_loss(state["params"], eval_step, config, mesh, config.data.val_split)
+          writer.write(step, val)
+          last_logged.update(val)
+        if watcher.reached(step) and step < config.total_steps:
+          save(step, force=True)
+          logging.warning("preempted: checkpoint saved at step %d; exiting", step)
+          break
+      flush()
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    watcher.close()
+    progress.close()
+    writer.close()
+  if jax.process_index() == 0:
+    (workdir / "last_metrics.json").write_text(json.dumps(dict(last_logged, step=step), indent=2))
+  return last_logged
