@@ -1,0 +1,56 @@
+"""Per-class ROC-AUC and its macro mean, with single-class columns skipped and reported.
+
+A class with no positive (or no negative) example in the evaluated set has no ROC curve.
+Such classes are left out of the macro mean and listed with the reason, never averaged in as
+0.5 (which would silently pull every score towards chance on small test sets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+@dataclasses.dataclass
+class AUCResult:
+  per_class: dict[str, float]   # classes that have both positives and negatives
+  skipped: dict[str, str]       # class -> why it was left out
+  macro: float                  # mean of per_class; nan when every class was skipped
+
+  def to_json(self) -> dict:
+    return {"macro_auc": None if np.isnan(self.macro) else self.macro,
+            "per_class": self.per_class, "skipped": self.skipped}
+
+
+def macro_auc(y_true: np.ndarray, scores: np.ndarray, classes: Sequence[str]) -> AUCResult:
+  """ROC-AUC per class column and their macro mean.
+
+  Args:
+    y_true: [N, C] 0/1 labels.
+    scores: [N, C] real-valued scores (any monotone scale: logits, cosines, probabilities).
+    classes: C class names.
+
+  Returns:
+    An `AUCResult`.
+  """
+  y_true = np.asarray(y_true)
+  scores = np.asarray(scores, dtype=np.float64)
+  if y_true.shape != scores.shape or y_true.ndim != 2 or y_true.shape[1] != len(classes):
+    raise ValueError(f"labels {y_true.shape}, scores {scores.shape} and {len(classes)} classes "
+                     "do not match")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores contain NaN or Inf")
+  per_class, skipped = {}, {}
+  for j, name in enumerate(classes):
+    pos = int(y_true[:, j].sum())
+    if pos == 0:
+      skipped[name] = f"no positive among {len(y_true)} examples"
+    elif pos == len(y_true):
+      skipped[name] = f"no negative among {len(y_true)} examples"
+    else:
+      per_class[name] = float(roc_auc_score(y_true[:, j], scores[:, j]))
+  macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+  return AUCResult(per_class, skipped, macro)
