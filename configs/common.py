@@ -15,10 +15,10 @@ import ml_collections
 # Parameter counts measured from the model are listed in the README.
 SIZES = {
     # Tests and the CPU quickstart: about 1M parameters.
-    "tiny": dict(ecg_width=96, ecg_depth=3, ecg_heads=3,
-                 text_width=96, text_depth=2, text_heads=3,
+    "tiny": dict(ecg_width=64, ecg_depth=3, ecg_heads=4,
+                 text_width=64, text_depth=2, text_heads=4,
                  shared_depth=1, specific_depth=1,
-                 dec_width=64, dec_depth=1, dec_heads=2,
+                 dec_width=64, dec_depth=1, dec_heads=4,
                  embed_dim=64),
     # ST-MEM small widths (384/12/6) for the ECG backbone.
     "small": dict(ecg_width=384, ecg_depth=12, ecg_heads=6,
@@ -119,8 +119,14 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.probe_features = "concat"
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True
-  # Compute dtype; parameters stay float32.
+  # Compute dtype ('float32' | 'bfloat16'); parameters, norms, softmax and losses stay float32.
   m.dtype = "float32"
+  # jax.nn.dot_product_attention implementation: 'auto' (cuDNN flash attention on GPU with
+  # bfloat16, XLA otherwise), 'xla' or 'cudnn'.
+  m.attention = "auto"
+  # Width of the modality-shared encoder; 0 = ecg_width. A tower of another width enters it
+  # through its own linear adapter.
+  m.shared_width = 0
   # Layers under lax.scan (one compiled block per stack) and optional rematerialisation.
   m.scan_layers = True
   m.remat = False

@@ -1,0 +1,162 @@
+"""The pretraining losses, each a pure function, and their weighted total.
+
+All losses are computed in float32 on the full (global) batch. Under `jax.jit` with the batch
+sharded on the `data` mesh axis XLA inserts the collectives itself (e.g. the [B, B] SigLIP
+logits need every device's embeddings), so the code is the same on 1 or 512 devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def _weighted_mean(x_BxK: jax.Array, w_BxK: jax.Array) -> jax.Array:
+  w_BxK = w_BxK.astype(jnp.float32)
+  return jnp.sum(x_BxK * w_BxK) / jnp.maximum(jnp.sum(w_BxK), 1.0)
+
+
+def masked_patch_mse(pred_BxMxP: jax.Array, target_BxMxP: jax.Array,
+                     weight_BxM: jax.Array) -> jax.Array:
+  """MAE reconstruction loss: per-patch MSE averaged over the weighted hidden patches.
+
+  Args:
+    pred_BxMxP: predicted hidden patches.
+    target_BxMxP: target patches.
+    weight_BxM: 1 for a patch that counts (0 for one of a missing lead or entirely in the
+      zero padding, and for batch padding rows).
+
+  Returns:
+    float32 scalar.
+  """
+  err = pred_BxMxP.astype(jnp.float32) - target_BxMxP.astype(jnp.float32)
+  return _weighted_mean(jnp.mean(err * err, axis=-1), weight_BxM)
+
+
+def masked_token_ce(logits_BxKxV: jax.Array, targets_BxK: jax.Array,
+                    weights_BxK: jax.Array) -> jax.Array:
+  """Cross-entropy of the masked report tokens, averaged over the used slots.
+
+  Args:
+    logits_BxKxV: logits at the masked positions.
+    targets_BxK: original ids there.
+    weights_BxK: 1 for a used slot, 0 otherwise.
+
+  Returns:
+    float32 scalar.
+  """
+  logp_BxKxV = jax.nn.log_softmax(logits_BxKxV.astype(jnp.float32), axis=-1)
+  nll_BxK = -jnp.take_along_axis(logp_BxKxV, targets_BxK[..., None].astype(jnp.int32),
+                                 axis=-1)[..., 0]
+  return _weighted_mean(nll_BxK, weights_BxK)
+
+
+def siglip_loss(zimg_BxD: jax.Array, ztxt_BxD: jax.Array, log_temp: jax.Array,
+                bias: jax.Array, valid_B: jax.Array | None = None) -> jax.Array:
+  """Pairwise sigmoid loss (SigLIP, Zhai et al. ICCV 2023).
+
+  logit_ij = exp(log_temp) * <zimg_i, ztxt_j> + bias, label +1 for i == j and -1 otherwise;
+  loss = -(1/|rows|) sum_i sum_j log sigmoid(label_ij * logit_ij), rows and columns restricted
+  to the valid pairs (records with a report).
+
+  Args:
+    zimg_BxD: unit-norm ECG embeddings of the global batch.
+    ztxt_BxD: unit-norm report embeddings, row i paired with ECG i.
+    log_temp: scalar log temperature.
+    bias: scalar bias.
+    valid_B: bool, False for rows without a report (or batch padding); None = all.
+
+  Returns:
+    float32 scalar.
+  """
+  B = zimg_BxD.shape[0]
+  logits_BxB = (jnp.exp(log_temp) * jnp.einsum("id,jd->ij", zimg_BxD.astype(jnp.float32),
+                                               ztxt_BxD.astype(jnp.float32)) + bias)
+  labels_BxB = 2.0 * jnp.eye(B, dtype=jnp.float32) - 1.0
+  valid = jnp.ones((B,), jnp.float32) if valid_B is None else valid_B.astype(jnp.float32)
+  pair_w_BxB = valid[:, None] * valid[None, :]
+  per_row_B = -jnp.sum(pair_w_BxB * jax.nn.log_sigmoid(labels_BxB * logits_BxB), axis=1)
+  return jnp.sum(per_row_B) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def disentangle_loss(shared_BxS: jax.Array, specific_BxP: jax.Array,
+                     valid_B: jax.Array | None = None) -> jax.Array:
+  """Difference (soft orthogonality) loss of Domain Separation Networks (Bousmalis et al. 2016).
+
+  DSN penalises ||Hsᵀ Hp||_F². Here, so the value does not depend on feature scale, batch
+  size or width: every feature column of S and of P is centred over the valid rows and
+  L2-normalised over them (so (Sᵀ P)_kl is the Pearson correlation of shared feature k and
+  specific feature l across the batch), and the squared Frobenius norm is divided by
+  S_dim * P_dim: loss = mean_kl corr(s_k, p_l)² in [0, 1]; 0 iff every shared feature is
+  uncorrelated with every specific one, 1 for identical rank-1 features.
+
+  Args:
+    shared_BxS: pooled shared features.
+    specific_BxP: pooled specific features of the same modality.
+    valid_B: bool rows to use (e.g. records with a report); None = all.
+
+  Returns:
+    float32 scalar.
+  """
+  B = shared_BxS.shape[0]
+  w_Bx1 = (jnp.ones((B,), jnp.float32) if valid_B is None
+           else valid_B.astype(jnp.float32))[:, None]
+  n = jnp.maximum(jnp.sum(w_Bx1), 1.0)
+
+  def centre_normalise(x_BxF):
+    x_BxF = x_BxF.astype(jnp.float32)
+    x_BxF = (x_BxF - jnp.sum(x_BxF * w_Bx1, 0, keepdims=True) / n) * w_Bx1
+    return x_BxF * jax.lax.rsqrt(jnp.sum(x_BxF * x_BxF, 0, keepdims=True) + 1e-12)
+
+  corr_SxP = centre_normalise(shared_BxS).T @ centre_normalise(specific_BxP)
+  return jnp.mean(corr_SxP * corr_SxP)
+
+
+def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.ConfigDict
+          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted CG-DMER objective and its metrics.
+
+  loss = w_ecg * MSE(masked ECG patches) + w_text * CE(masked report tokens)
+       + w_contrastive * SigLIP + w_disentangle * (DSN(ecg) + DSN(report)).
+  Terms with weight 0 are not computed (their branches are absent from `outputs`).
+
+  Args:
+    outputs: `CGDMER.__call__` output.
+    batch: the batch (`has_report`, and `mask` for padded eval rows when present).
+    masks: `masking.sample_masks` output.
+    config: full config (`loss.*`).
+
+  Returns:
+    (loss, metrics): metrics has `loss` and, for the active terms only, `loss/ecg`,
+    `loss/text`, `loss/contrastive`, `loss/disentangle`, `siglip/temperature`, `siglip/bias`.
+  """
+  w = config.loss
+  # Batch-padding rows (eval batches carry `mask`) count for nothing.
+  row_ok_B = batch.get("mask", jnp.ones_like(batch["has_report"], dtype=bool)).astype(bool)
+  text_ok_B = row_ok_B & batch["has_report"].astype(bool)
+  metrics, loss = {}, jnp.zeros((), jnp.float32)
+  if w.ecg > 0:
+    weight_BxM = outputs["ecg/weight"] * row_ok_B[:, None]
+    metrics["loss/ecg"] = masked_patch_mse(outputs["ecg/recon"], outputs["ecg/target"],
+                                           weight_BxM)
+    loss += w.ecg * metrics["loss/ecg"]
+  if w.text > 0:
+    metrics["loss/text"] = masked_token_ce(outputs["text/logits"], masks["text"]["targets"],
+                                           masks["text"]["weights"] * text_ok_B[:, None])
+    loss += w.text * metrics["loss/text"]
+  if w.contrastive > 0:
+    metrics["loss/contrastive"] = siglip_loss(
+        outputs["ecg/embedding"], outputs["text/embedding"],
+        jnp.log(outputs["siglip/temperature"]), outputs["siglip/bias"], text_ok_B)
+    metrics["siglip/temperature"] = outputs["siglip/temperature"]
+    metrics["siglip/bias"] = outputs["siglip/bias"]
+    loss += w.contrastive * metrics["loss/contrastive"]
+  if w.disentangle > 0:
+    dis = disentangle_loss(outputs["ecg/shared"], outputs["ecg/specific"], row_ok_B)
+    if "text/shared" in outputs:
+      dis += disentangle_loss(outputs["text/shared"], outputs["text/specific"], text_ok_B)
+    metrics["loss/disentangle"] = dis
+    loss += w.disentangle * dis
+  metrics["loss"] = loss
+  return loss, metrics
