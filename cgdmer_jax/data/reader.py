@@ -1,0 +1,306 @@
+"""Input pipeline: batches of numpy arrays from a dataset written by `data_pipelines.build`.
+
+TensorFlow is used here as a CPU-only data tool (GPUs are hidden from it at import); model,
+loss and step code never import this module's TensorFlow.
+
+Batches (numpy, static shapes, ready for `jax.make_array_from_process_local_data`):
+
+| key          | dtype   | shape      | meaning                                        |
+|--------------|---------|------------|------------------------------------------------|
+| ecg          | float32 | [B, 12, T] | millivolts (stored int16 uV / 1000)            |
+| lead_mask    | bool    | [B, 12]    | lead recorded                                  |
+| valid_len    | int32   | [B]        | samples before zero padding                    |
+| report_ids   | int32   | [B, L]     | SentencePiece ids, PAD_ID after report_len     |
+| report_len   | int32   | [B]        | ids before padding                             |
+| has_report   | bool    | [B]        | report_len > 0                                 |
+| mask         | bool    | [B]        | eval only: False on padding rows               |
+| record_id    | str     | [B]        | eval only ('' on padding rows)                 |
+
+B is the LOCAL batch: global_batch_size // process_count.
+
+**Training stream determinism.** `train_batches` is a pure function of (shard files, seed,
+process index, process count, shuffle_buffer, cycle_length): each process takes the files
+`files[index::count]`; epoch e visits them in the order of a stateless shuffle seeded by
+(seed, e); `cycle_length` files are interleaved one record at a time, deterministically; the
+records pass a seeded shuffle buffer; batches drop the remainder. `start_step=k` skips the
+first k * local_batch serialized records before parsing, so the stream equals the straight
+stream from batch k on. The skipped records are still read from disk and pass the shuffle
+buffer (that is what makes the resumption exact), so resuming costs reading k * B records:
+about a second per ~10^5 records at 100 Hz on one core (`data_pipelines.benchmark` prints the
+rate), no decoding. Calling `tf.random.set_seed` in the same process changes the stream
+(TensorFlow combines the global seed with the op seed): the trainer must not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from cgdmer_jax.data import features
+
+try:  # Hide GPUs from TensorFlow: it must never take accelerator memory from JAX.
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF already initialised its devices (then only GPUs it saw matter).
+  pass
+
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a converted dataset holds (from build_info.json + the TFDS metadata).
+
+  Attributes:
+    data_dir: the dataset folder.
+    fs: sampling rate (Hz).
+    seconds: stored duration.
+    num_samples: samples per lead (T).
+    max_report_len: padded report length (L).
+    vocab_size: tokenizer vocabulary (0: no tokenizer, no reports).
+    split_sizes: examples per split.
+    shard_files: per split, the shard paths in shard order.
+    shard_lengths: per split, examples per shard.
+    tokenizer_path: path of the SentencePiece model, or None.
+    build_info: the whole build_info.json.
+  """
+  data_dir: str
+  fs: int
+  seconds: float
+  num_samples: int
+  max_report_len: int
+  vocab_size: int
+  split_sizes: Mapping[str, int]
+  shard_files: Mapping[str, tuple[str, ...]]
+  shard_lengths: Mapping[str, tuple[int, ...]]
+  tokenizer_path: str | None
+  build_info: Mapping
+
+
+def load_info(data_dir: str | os.PathLike) -> DatasetInfo:
+  """Reads a converted dataset's metadata.
+
+  Args:
+    data_dir: the `--output` folder of `data_pipelines.build`.
+
+  Returns:
+    The `DatasetInfo`.
+
+  Raises:
+    FileNotFoundError: the folder is not a finished converted dataset.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(data_dir)
+  build_file = path / features.BUILD_INFO_FILE
+  if not build_file.is_file() or not (path / "dataset_info.json").is_file():
+    raise FileNotFoundError(
+        f"{path} is not a converted dataset (no {features.BUILD_INFO_FILE} / "
+        "dataset_info.json): run `python -m data_pipelines.build --output=...` first, or "
+        "wait for a running build to finish")
+  build = json.loads(build_file.read_text())
+  splits = tfds.builder_from_directory(str(path)).info.splits
+  files = {name: tuple(str(p) for p in s.filepaths) for name, s in splits.items()}
+  lengths = {name: tuple(int(n) for n in s.shard_lengths) for name, s in splits.items()}
+  tok = path / build["tokenizer"] if build.get("tokenizer") else None
+  return DatasetInfo(
+      data_dir=str(path), fs=int(build["fs"]), seconds=float(build["seconds"]),
+      num_samples=int(build["num_samples"]), max_report_len=int(build["max_report_len"]),
+      vocab_size=int(build["vocab_size"]),
+      split_sizes={k: sum(v) for k, v in lengths.items()}, shard_files=files,
+      shard_lengths=lengths, tokenizer_path=str(tok) if tok else None, build_info=build)
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return process_index, process_count
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size {global_batch_size} is not a positive multiple of "
+                     f"the process count {process_count}")
+  return global_batch_size // process_count
+
+
+def _split_info(info: DatasetInfo, split: str):
+  if split not in info.shard_files:
+    raise ValueError(f"split {split!r} not in {info.data_dir}; it has "
+                     f"{sorted(info.shard_files)}")
+  return info.shard_files[split], info.shard_lengths[split]
+
+
+def _parser(info: DatasetInfo, with_ids: bool):
+  """A batched parse function built from `features.tfds_features` (as the writer encodes)."""
+  feats = features.tfds_features(info.num_samples, info.max_report_len)
+  spec = {}
+  for name, tinfo in feats.get_serialized_info().items():
+    spec[name] = tf.io.FixedLenFeature(tinfo.shape, tinfo.tf_dtype)
+  ecg_feature = feats["ecg"]
+  ecg_shape, ecg_dtype = tuple(ecg_feature.shape), tf.as_dtype(ecg_feature.dtype)
+  keep = set(spec) if with_ids else set(spec) - {"record_id", "patient_id", "source",
+                                                 "report"}
+  spec = {k: v for k, v in spec.items() if k in keep}
+
+  def parse(serialized):
+    ex = tf.io.parse_example(serialized, spec)
+    ecg = tf.io.decode_raw(ex["ecg"], ecg_dtype)  # little-endian, as TFDS encodes bytes
+    ecg = tf.reshape(ecg, (-1,) + ecg_shape)
+    out = {
+        "ecg": tf.cast(ecg, tf.float32) / features.UNITS_PER_MV,
+        "lead_mask": tf.cast(ex["lead_mask"], tf.bool),
+        "valid_len": tf.cast(ex["valid_len"], tf.int32),
+        "report_ids": tf.cast(ex["report_ids"], tf.int32),
+        "report_len": tf.cast(ex["report_len"], tf.int32),
+        "has_report": ex["report_len"] > 0,
+    }
+    if with_ids:
+      out["record_id"] = ex["record_id"]
+    return out
+
+  return parse
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+  """TF string tensors (numpy object arrays of bytes) as a numpy str array."""
+  return np.array([v.decode("utf-8") for v in values.reshape(-1)], dtype=str).reshape(
+      values.shape)
+
+
+def _options() -> tf.data.Options:
+  opts = tf.data.Options()
+  opts.deterministic = True
+  return opts
+
+
+def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
+                  global_batch_size: int, seed: int, start_step: int = 0,
+                  shuffle_buffer: int = 10_000, process_index: int | None = None,
+                  process_count: int | None = None, cycle_length: int = 16,
+                  with_record_id: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """Endless, shuffled, deterministic training batches (see the module docstring).
+
+  Args:
+    data_dir: converted dataset folder.
+    split: split name.
+    global_batch_size: batch over all processes (divisible by process_count).
+    seed: shuffling seed.
+    start_step: first batch to yield; batches 0..start_step-1 are skipped exactly.
+    shuffle_buffer: examples in the shuffle buffer.
+    process_index: this process (default `jax.process_index()`).
+    process_count: processes (default `jax.process_count()`).
+    cycle_length: files read at once by the interleave (part of the stream's definition).
+    with_record_id: also yield `record_id` (str [B]); for checks, not for the device.
+
+  Returns:
+    An iterator of batch dicts (local batch).
+
+  Raises:
+    ValueError: batch size not divisible by the process count, unknown split, or fewer shard
+      files than processes.
+  """
+  info = load_info(data_dir)
+  files, _ = _split_info(info, split)
+  index, count = _process(process_index, process_count)
+  if len(files) < count:
+    raise ValueError(f"split {split!r} has {len(files)} shard files for {count} processes: "
+                     "rebuild with --shards >= the process count")
+  local_batch = _local_batch(global_batch_size, count)
+  if start_step < 0:
+    raise ValueError("start_step must be >= 0")
+  local_files = tf.constant(list(files[index::count]))
+  seed_t = tf.constant(seed, tf.int64)
+
+  def epoch_files(epoch):
+    order = tf.random.experimental.stateless_shuffle(local_files, seed=tf.stack([seed_t, epoch]))
+    return tf.data.Dataset.from_tensor_slices(order)
+
+  ds = tf.data.Dataset.counter().flat_map(epoch_files)
+  ds = ds.interleave(tf.data.TFRecordDataset,
+                     cycle_length=min(cycle_length, len(files[index::count])), block_length=1,
+                     num_parallel_calls=_AUTOTUNE, deterministic=True)
+  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  if start_step:
+    ds = ds.skip(start_step * local_batch)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.map(_parser(info, with_record_id), num_parallel_calls=_AUTOTUNE, deterministic=True)
+  ds = ds.prefetch(_AUTOTUNE).with_options(_options())
+  for batch in ds.as_numpy_iterator():
+    if with_record_id:
+      batch["record_id"] = _strings(batch["record_id"])
+    yield batch
+
+
+def eval_batch_count(info: DatasetInfo, split: str, global_batch_size: int,
+                     process_count: int) -> int:
+  """Batches every process yields for `split` in `eval_batches` (from the shard lengths)."""
+  _, lengths = _split_info(info, split)
+  local_batch = _local_batch(global_batch_size, process_count)
+  per_process = [sum(lengths[i::process_count]) for i in range(process_count)]
+  return max(math.ceil(n / local_batch) for n in per_process) if per_process else 0
+
+
+def _padding(info: DatasetInfo, rows: int) -> dict[str, np.ndarray]:
+  return {
+      "ecg": np.zeros((rows, features.NUM_LEADS, info.num_samples), np.float32),
+      "lead_mask": np.zeros((rows, features.NUM_LEADS), bool),
+      "valid_len": np.zeros((rows,), np.int32),
+      "report_ids": np.full((rows, info.max_report_len), features.PAD_ID, np.int32),
+      "report_len": np.zeros((rows,), np.int32),
+      "has_report": np.zeros((rows,), bool),
+      "record_id": np.full((rows,), "", dtype=str),
+      "mask": np.zeros((rows,), bool),
+  }
+
+
+def eval_batches(data_dir: str | os.PathLike, *, split: str, global_batch_size: int,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split`, every example exactly once across processes, padded batches.
+
+  Process i reads the shard files `files[i::count]` in order. The last batch is padded and
+  processes with fewer examples add fully padded batches, so every process yields exactly
+  `eval_batch_count(...)` batches (computed from the metadata's shard lengths).
+
+  Args:
+    data_dir: converted dataset folder.
+    split: split name.
+    global_batch_size: batch over all processes (divisible by process_count).
+    process_index: this process (default `jax.process_index()`).
+    process_count: processes (default `jax.process_count()`).
+
+  Returns:
+    An iterator of batch dicts with `mask` (False on padding rows) and `record_id`.
+  """
+  info = load_info(data_dir)
+  files, _ = _split_info(info, split)
+  index, count = _process(process_index, process_count)
+  local_batch = _local_batch(global_batch_size, count)
+  total = eval_batch_count(info, split, global_batch_size, count)
+  local_files = list(files[index::count])
+  yielded = 0
+  if local_files:
+    ds = tf.data.TFRecordDataset(local_files).batch(local_batch)
+    ds = ds.map(_parser(info, True), num_parallel_calls=_AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(_AUTOTUNE).with_options(_options())
+    for batch in ds.as_numpy_iterator():
+      rows = batch["ecg"].shape[0]
+      batch["record_id"] = _strings(batch["record_id"])
+      batch["mask"] = np.ones((rows,), bool)
+      if rows < local_batch:
+        pad = _padding(info, local_batch - rows)
+        batch = {k: np.concatenate([v, pad[k].astype(v.dtype)]) for k, v in batch.items()}
+      yielded += 1
+      yield batch
+  for _ in range(total - yielded):
+    yield _padding(info, local_batch)

@@ -1,0 +1,131 @@
+r"""Converts an ECG dataset folder into sharded TFRecords for cgdmer_jax.
+
+Usage:
+  python -m data_pipelines.build --source=ptbxl --input=/data/ptbxl --output=/data/ptbxl_100 \
+      --fs=100 [--seconds=10] [--shards=0] [--vocab_size=8000] [--tokenizer=PATH] \
+      [--max_report_len=128] [--min_leads=12] [--workers=0] ...
+
+The output folder holds `cgdmer_ecg-<split>.tfrecord-NNNNN-of-NNNNN` shards, the TFDS
+metadata (`tfds.builder_from_directory(output)` loads it), `manifest.csv` (one row per input
+record: written or rejected with a reason), `tokenizer.model` and `build_info.json`.
+Rerunning the same command resumes an interrupted run and leaves a finished one unchanged.
+See docs/DATA.md.
+
+Exit status: 0 converted (some records may be rejected: see the summary and manifest.csv);
+1 the conversion failed (a worker died, disk full...; rerun to resume); 2 bad usage (unknown
+flag value, missing input folder, input not in the source's layout, output holds a different
+build without --overwrite).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# Workers and this process use TensorFlow only through TFDS metadata; never a GPU.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from data_pipelines import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import write  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_SOURCE = flags.DEFINE_enum(
+    "source", None, list(sources.NAMES),
+    "Input layout: ptbxl (ptbxl_database.csv + records100/), cinc (CinC 2020/2021 .hea+.mat "
+    "tree), cpsc_mat (original CPSC 2018 .mat files), ecg_arrhythmia (PhysioNet "
+    "ecg-arrhythmia WFDBRecords/), wfdb_dir (any folder of WFDB records), mimic "
+    "(MIMIC-IV-ECG record_list.csv + machine_measurements.csv + files/).")
+_INPUT = flags.DEFINE_string("input", None, "Input folder (the dataset root).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder (created if missing).")
+_FS = flags.DEFINE_integer("fs", 500, "Target sampling rate in Hz (resample_poly).")
+_SECONDS = flags.DEFINE_float(
+    "seconds", 10.0, "Stored duration: the first SECONDS of a record, zero-padded if shorter.")
+_MIN_LEADS = flags.DEFINE_integer(
+    "min_leads", 12, "Records with fewer standard leads are rejected ('missing leads'); with "
+    "a lower value missing leads are stored as zeros with lead_mask 0.")
+_MAX_NAN = flags.DEFINE_float(
+    "max_nan_fraction", 0.1, "Reject a record when more than this fraction of its kept "
+    "samples are NaN/Inf; fewer are filled by linear interpolation (and counted).")
+_SHARDS = flags.DEFINE_integer(
+    "shards", 0, "Shards per split (capped at the split's record count). 0: automatic, "
+    "~128 MiB per shard and at least min(16, records/256) shards.")
+_VOCAB = flags.DEFINE_integer(
+    "vocab_size", 8000, "SentencePiece vocabulary size (special ids included); clamped with "
+    "a warning when the train reports cannot fill it.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "Reuse this SentencePiece model instead of training one (it must "
+    "have pad=0 unk=1 bos=2 eos=3 <mask>=4); copied into the output.")
+_MAX_REPORT_LEN = flags.DEFINE_integer(
+    "max_report_len", 128, "Stored report length: [bos] + pieces + [eos], truncated keeping "
+    "eos, padded with pad.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 0, "Conversion processes; 0: every core available to this process; 1: "
+    "convert in this process.")
+_SPLIT = flags.DEFINE_enum(
+    "split", "auto", ["auto", "hash"], "auto: the source's split (PTB-XL strat_fold 1-8 "
+    "train, 9 val, 10 test) where it has one, else by patient hash; hash: patient hash only.")
+_VAL = flags.DEFINE_float("val_fraction", 0.1, "Patient-hash fraction of the val split.")
+_TEST = flags.DEFINE_float("test_fraction", 0.1, "Patient-hash fraction of the test split.")
+_PTBXL_HR = flags.DEFINE_bool(
+    "ptbxl_hr", False, "PTB-XL: read the 500 Hz records500/ (filename_hr) instead of "
+    "records100/.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a different earlier build in --output (only this tool's "
+    "files are deleted).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def config_from_flags() -> write.BuildConfig:
+  """The `BuildConfig` of the parsed flags."""
+  return write.BuildConfig(
+      source=_SOURCE.value, input=_INPUT.value, output=_OUTPUT.value,
+      signal=signal.Config(fs=_FS.value, seconds=_SECONDS.value, min_leads=_MIN_LEADS.value,
+                           max_nan_fraction=_MAX_NAN.value),
+      shards=_SHARDS.value, vocab_size=_VOCAB.value, tokenizer=_TOKENIZER.value,
+      max_report_len=_MAX_REPORT_LEN.value, workers=_WORKERS.value, split_mode=_SPLIT.value,
+      val_fraction=_VAL.value, test_fraction=_TEST.value, ptbxl_hr=_PTBXL_HR.value,
+      overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+    return 2
+  config = config_from_flags()
+  if config.tokenizer and not os.path.isfile(config.tokenizer):
+    print(f"error: --tokenizer {config.tokenizer} is not a file", file=sys.stderr)
+    return 2
+  try:
+    summary = write.build(config)
+  except (sources.LayoutError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (RuntimeError, OSError) as e:
+    logging.exception("conversion failed")
+    print(f"error: conversion failed: {e}", file=sys.stderr)
+    return 1
+  print(summary.format())
+  return 0
+
+
+def _parse_flags(argv):
+  """absl's parsing, but a bad or missing flag exits with the usage status 2 (absl uses 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"FATAL Flags parsing error: {e}\nPass --help to see help on flags.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["source", "input", "output"])
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
