@@ -183,3 +183,23 @@ def test_sincos_positions():
   assert pe.shape == (40, 64) and pe.dtype == np.float32
   np.testing.assert_allclose(pe[0, :32], 0.0)
   np.testing.assert_allclose(pe[0, 32:], 1.0)
+
+
+@pytest.mark.parametrize("model", [
+    dict(shared_width=32, shared_depth=0, specific_depth=0),   # adapters + LayerNorm/Dense
+    dict(scan_layers=True, remat=True, dtype="bfloat16"),
+])
+def test_config_options_trace_with_gradients(model):
+  """Options not compiled elsewhere: forward + backward trace (no compile) and shapes."""
+  config = _config(**model)
+  batch = _batch(config)
+  graphdef, params = jax.eval_shape(lambda: objective.init(config, 0))
+
+  def loss(p):
+    return objective.loss_fn(p, graphdef, batch, jax.random.key(0), config)[0]
+  grads = jax.eval_shape(jax.grad(loss), params)
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
+  out = _forward_shapes(config)
+  S = config.model.shared_width or config.model.ecg_width
+  assert out["ecg/shared"].shape == out["text/shared"].shape == (B, S)
+  assert out["ecg/specific"].shape == (B, config.model.ecg_width)
