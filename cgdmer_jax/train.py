@@ -278,18 +278,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.save(at, state, dict(meta, step=at), force=force):
       last_good_step = at
 
+  stop_at = config.total_steps
+  if config.get("steps_per_run", 0):
+    stop_at = min(stop_at, step + config.steps_per_run)
   t_window, steps_window = time.perf_counter(), 0
   try:
     with jax.set_mesh(mesh):
       batches = train_stream(config, step)
-      while step < config.total_steps:
+      while step < stop_at:
         batch = sharding.global_batch(next(batches), mesh)
         state, mets = s.train_step(state, batch)
         step += 1
         steps_window += 1
         flush()  # metrics of step-1: the device is already busy with this step
         pending = (step, mets)
-        if step % config.log_every_steps == 0 or step == config.total_steps:
+        if step % config.log_every_steps == 0 or step == stop_at:
           flush()
           dt = time.perf_counter() - t_window
           last_logged = window.pop()
@@ -298,8 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, last_logged)
           progress.update(steps_window, loss=last_logged["loss"])
           t_window, steps_window = time.perf_counter(), 0
-        if step % config.checkpoint.every_steps == 0 or step == config.total_steps:
-          save(step, force=step == config.total_steps)
+        if step % config.checkpoint.every_steps == 0 or step == stop_at:
+          save(step, force=step == stop_at)
         if config.eval_every_steps and (step % config.eval_every_steps == 0
                                         or step == config.total_steps):
           val = evaluate_loss(state["params"], eval_step, config, mesh, config.data.val_split)

@@ -27,6 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.variant = args.variant
   config.total_steps = 20_000 if args.size != "tiny" else 2_000
+  # Stop after this many steps in this process, with a checkpoint (0: run to total_steps).
+  # For cluster job slots shorter than the whole run: resubmit the same command to continue.
+  config.steps_per_run = 0
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ml_collections.config_dict.placeholder(str)
