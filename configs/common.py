@@ -12,7 +12,7 @@ import ml_collections
 # One row per size. ecg_* is the modality-specific ECG backbone (pre-norm ViT over lead-patch
 # tokens, ST-MEM's lead-wise tokenisation), text_* the report transformer, shared_*/specific_*
 # the disentanglement encoders (CG-DMER), dec_* the light MAE-style ECG decoder.
-# Parameter counts measured from the model are listed in the README.
+# Parameter counts measured from the model (objective.param_counts) are in docs/MODEL.md.
 SIZES = {
     # Tests and the CPU quickstart: about 1M parameters.
     "tiny": dict(ecg_width=64, ecg_depth=3, ecg_heads=4,
