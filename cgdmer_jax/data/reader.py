@@ -147,7 +147,7 @@ def _parser(info: DatasetInfo, with_ids: bool):
   for name, tinfo in feats.get_serialized_info().items():
     spec[name] = tf.io.FixedLenFeature(tinfo.shape, tinfo.tf_dtype)
   ecg_feature = feats["ecg"]
-  ecg_shape, ecg_dtype = tuple(ecg_feature.shape), tf.as_dtype(ecg_feature.dtype)
+  ecg_shape, ecg_dtype = tuple(ecg_feature.shape), tf.as_dtype(ecg_feature.np_dtype)
   keep = set(spec) if with_ids else set(spec) - {"record_id", "patient_id", "source",
                                                  "report"}
   spec = {k: v for k, v in spec.items() if k in keep}
@@ -210,11 +210,14 @@ def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
       files than processes.
   """
   info = load_info(data_dir)
-  files, _ = _split_info(info, split)
+  files, lengths = _split_info(info, split)
   index, count = _process(process_index, process_count)
   if len(files) < count:
     raise ValueError(f"split {split!r} has {len(files)} shard files for {count} processes: "
                      "rebuild with --shards >= the process count")
+  if not sum(lengths[index::count]):
+    # An endless stream over empty files would never yield: fail instead.
+    raise ValueError(f"split {split!r} has no example in the files of process {index}")
   local_batch = _local_batch(global_batch_size, count)
   if start_step < 0:
     raise ValueError("start_step must be >= 0")
