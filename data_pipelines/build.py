@@ -11,7 +11,8 @@ record: written or rejected with a reason), `tokenizer.model` and `build_info.js
 Rerunning the same command resumes an interrupted run and leaves a finished one unchanged.
 See docs/DATA.md.
 
-Exit status: 0 converted (some records may be rejected: see the summary and manifest.csv);
+Exit status: 0 converted (some records may be rejected: see the summary and manifest.csv),
+or --help;
 1 the conversion failed (a worker died, disk full...; rerun to resume); 2 bad usage (unknown
 flag value, missing input folder, input not in the source's layout, output holds a different
 build without --overwrite).
@@ -116,10 +117,17 @@ def main(argv) -> int:
   return 0
 
 
+_HELP = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?")
+
+
 def _parse_flags(argv):
-  """absl's parsing, but a bad or missing flag exits with the usage status 2 (absl uses 1)."""
+  """absl's parsing with this tool's statuses: help 0, bad or missing flag 2 (absl: 1, 1)."""
   try:
     return flags.FLAGS(argv)
+  except SystemExit:
+    if any(a.split("=")[0] in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     print(f"FATAL Flags parsing error: {e}\nPass --help to see help on flags.",
           file=sys.stderr)
