@@ -29,6 +29,7 @@ import math
 import os
 import pathlib
 import shutil
+import sys
 import time
 from concurrent import futures
 import multiprocessing
@@ -79,6 +80,7 @@ class Summary:
   converted_now: int
   shards_skipped: int
   output: str
+  stage_seconds: dict = dataclasses.field(default_factory=dict)
 
   def format(self) -> str:
     c = self.counts
@@ -94,6 +96,7 @@ class Summary:
     rate = self.converted_now / self.seconds if self.seconds > 0 else 0.0
     lines.append(f"time: {self.seconds:.1f} s for {self.converted_now} records converted "
                  f"now ({rate:.0f} records/s); {self.shards_skipped} shards already done")
+    lines.append("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items()))
     return "\n".join(lines)
 
 
@@ -207,6 +210,18 @@ def _tokenizer(config: BuildConfig, out: pathlib.Path, tasks, source) -> tuple[b
   return tokenizer_lib.train(corpus, config.vocab_size), corpus_sha
 
 
+def _start_method() -> str:
+  """'fork' unless TensorFlow is loaded in this process, then 'spawn'.
+
+  Forked workers start in milliseconds with numpy/scipy/wfdb already imported; spawned ones
+  re-import them (~1.5 s each), which is most of a small build. But forking a process whose
+  TensorFlow runtime has started threads can deadlock the child, so a process that imported
+  TensorFlow (a test session, a notebook) spawns instead. The CLI imports TensorFlow only
+  after the conversion (TFDS metadata), so it forks.
+  """
+  return "spawn" if "tensorflow" in sys.modules else "fork"
+
+
 def _run(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> int:
   """Converts the pending shards; returns the number of records converted."""
   workers = config.workers or len(os.sched_getaffinity(0))
@@ -221,7 +236,7 @@ def _run(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> int:
         done += shard_worker.convert_shard(task)["records"]
         bar.update(len(task.refs))
       return done
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TF.
+    ctx = multiprocessing.get_context(_start_method())
     with futures.ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx,
                                      initializer=shard_worker.init_worker,
                                      initargs=(spec,)) as pool:
@@ -263,12 +278,15 @@ def build(config: BuildConfig) -> Summary:
   refs = [dataclasses.replace(r, report=reports.clean_report(r.report))
           for r in source.list_records()]
   refs.sort(key=lambda r: r.record)
+  stages = {"list": time.perf_counter() - start}
   dupes = [a.record for a, b in zip(refs, refs[1:]) if a.record == b.record]
   if dupes:
     raise ValueError(f"duplicate record ids in the listing, e.g. {dupes[:3]}")
   out = pathlib.Path(config.output)
   tasks = plan(config, refs)
+  mark = time.perf_counter()
   proto, corpus_sha = _tokenizer(config, out, tasks, source)
+  stages["tokenizer"] = time.perf_counter() - mark
   tok_sha = _sha(proto) if proto else None
   _prepare_output(config, out, _fingerprint(config, tasks, tok_sha))
   if proto:
@@ -283,7 +301,10 @@ def build(config: BuildConfig) -> Summary:
       signal=config.signal, tokenizer_proto=proto, max_report_len=config.max_report_len,
       output=str(out))
   pending = [t for t in tasks if not shard_worker.is_complete(out, t)]
+  mark = time.perf_counter()
   converted = _run(config, spec, pending)
+  stages["convert"] = time.perf_counter() - mark
+  mark = time.perf_counter()
 
   rows = metadata.read_parts(out, tasks)
   metadata.write_manifest(out, rows)
@@ -312,5 +333,7 @@ def build(config: BuildConfig) -> Summary:
       "shards": {s: sum(1 for t in tasks if t.split == s) for s in features.SPLITS
                  if any(t.split == s for t in tasks)},
       "counts": counts})
+  stages["metadata"] = time.perf_counter() - mark
   return Summary(counts=counts, seconds=time.perf_counter() - start, converted_now=converted,
-                 shards_skipped=len(tasks) - len(pending), output=str(out))
+                 shards_skipped=len(tasks) - len(pending), output=str(out),
+                 stage_seconds=stages)

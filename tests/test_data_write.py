@@ -82,7 +82,8 @@ def _account_for_everything(root, tmp_path, ptbxl_workers):
 
 
 def test_every_embedded_record_written_or_rejected(embedded_data, tmp_path):
-  rows = _account_for_everything(embedded_data, tmp_path, ptbxl_workers=1)
+  # PTB-XL through a process pool (spawned: this process has TensorFlow loaded).
+  rows = _account_for_everything(embedded_data, tmp_path, ptbxl_workers=2)
   assert sum(r["status"] == "written" for r in rows) >= 240 + 7 + 2 + 11 + 2
 
 
@@ -242,7 +243,10 @@ def test_cli(embedded_data, tmp_path):
     assert f"--{flag}" in helptext.stdout or f"--[no]{flag}" in helptext.stdout, flag
   bad = _cli("--source=mimic", f"--input={embedded_data / 'ptbxl'}", f"--output={tmp_path}/x")
   assert bad.returncode == 2 and "not a MIMIC-IV-ECG folder" in bad.stderr
-  ok = _cli("--source=cpsc_mat", f"--input={embedded_data / 'cpsc2018' / 'original_mat'}",
-            f"--output={tmp_path}/ok", "--fs=100", "--workers=1", "--noprogress")
+  # Two workers: the CLI forks them (no TensorFlow loaded before the conversion).
+  ok = _cli("--source=cinc", f"--input={embedded_data / 'csn'}", f"--output={tmp_path}/ok",
+            "--fs=100", "--workers=2", "--noprogress")
   assert ok.returncode == 0, ok.stderr
-  assert "records: 2 listed, 2 written, 0 rejected" in ok.stdout
+  assert "records: 11 listed, 11 written, 0 rejected" in ok.stdout
+  sizes = reader.load_info(tmp_path / "ok").split_sizes
+  assert sum(sizes.values()) == 11 and len(sizes) >= 2  # >= 2 shard tasks: the pool ran

@@ -1,0 +1,123 @@
+r"""Converter and reader throughput on a PTB-XL folder, next to a plain wfdb loop.
+
+Usage:
+  python -m data_pipelines.benchmark --input=/work/shared/data/ptbxl [--workers=N] [--fs=100]
+
+Prints (one machine, one run):
+* plain loop: `wfdb.rdsamp` + `np.save` over every record of ptbxl_database.csv, in a fresh
+  Python process (wfdb as installed, nothing of this project imported), records/s on 1 core;
+* the same loop with this project's header-parsing shim (`wfdb_io.fast_header_parsing`),
+  to show how much of the difference is wfdb's header parsing;
+* the converter (`data_pipelines.write.build`) with 1 worker and with N workers, for the
+  whole run (listing, tokenizer training, process start-up, metadata) and for the conversion
+  stage alone (read, canonicalise, tokenize, serialise, write): records/s, per core, and the
+  per-core ratio to the plain loop;
+* the reader: `train_batches` examples/s (batch 32) and the rate at which `start_step`
+  skips records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+from absl import app
+from absl import flags
+
+_INPUT = flags.DEFINE_string("input", None, "A PTB-XL folder (ptbxl_database.csv).")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Converter processes; 0: all cores.")
+_FS = flags.DEFINE_integer("fs", 100, "Target rate of the converter (Hz).")
+_BATCH = flags.DEFINE_integer("batch", 32, "Reader batch size.")
+_READ_BATCHES = flags.DEFINE_integer("read_batches", 300, "Reader batches timed.")
+
+_PLAIN_LOOP = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np, pandas as pd, wfdb
+    root, out, shim = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    records = pd.read_csv(os.path.join(root, "ptbxl_database.csv")).filename_lr.tolist()
+    ctx = None
+    if shim:
+      from data_pipelines.sources import wfdb_io
+      ctx = wfdb_io.fast_header_parsing()
+      ctx.__enter__()
+    start = time.perf_counter()
+    for i, rec in enumerate(records):
+      sig, _ = wfdb.rdsamp(os.path.join(root, rec))
+      np.save(os.path.join(out, f"{i}.npy"), sig)
+    print(len(records), time.perf_counter() - start)
+""")
+
+
+def plain_loop(root: str, shim: bool) -> tuple[int, float]:
+  """(records, seconds) of the rdsamp + np.save loop in a fresh interpreter."""
+  with tempfile.TemporaryDirectory() as out:
+    res = subprocess.run([sys.executable, "-c", _PLAIN_LOOP, root, out, "1" if shim else "0"],
+                         capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  n, seconds = res.stdout.split()
+  return int(n), float(seconds)
+
+
+def convert(root: str, out: str, workers: int, fs: int) -> tuple[int, float, float]:
+  """(records written, seconds of the whole run, seconds of the conversion stage)."""
+  from data_pipelines import signal, write  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  summary = write.build(write.BuildConfig(source="ptbxl", input=root, output=out,
+                                          signal=signal.Config(fs=fs), workers=workers,
+                                          progress=False))
+  return (summary.counts["written"], time.perf_counter() - start,
+          summary.stage_seconds["convert"])
+
+
+def read(out: str, batch: int, batches: int) -> tuple[float, float]:
+  """(examples/s of train_batches, records/s skipped by start_step)."""
+  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  it = reader.train_batches(out, global_batch_size=batch, seed=0, process_index=0,
+                            process_count=1)
+  next(it)  # pipeline start-up and the first shuffle-buffer fill are not throughput
+  start = time.perf_counter()
+  for _ in itertools.islice(it, batches):
+    pass
+  rate = batches * batch / (time.perf_counter() - start)
+  skip_steps = 2000
+  start = time.perf_counter()
+  next(reader.train_batches(out, global_batch_size=batch, seed=0, process_index=0,
+                            process_count=1, start_step=skip_steps))
+  skip_rate = skip_steps * batch / (time.perf_counter() - start)
+  return rate, skip_rate
+
+
+def main(argv):
+  del argv
+  root = os.path.abspath(_INPUT.value)
+  workers = _WORKERS.value or len(os.sched_getaffinity(0))
+  print(f"machine: {len(os.sched_getaffinity(0))} cores available; input {root}; "
+        f"converter fs={_FS.value}")
+  n, sec = plain_loop(root, shim=False)
+  base = n / sec
+  print(f"plain loop (rdsamp + np.save, 1 core):       {base:8.0f} records/s ({n} in {sec:.1f} s)")
+  n, sec = plain_loop(root, shim=True)
+  print(f"plain loop with header-parse shim (1 core):  {n / sec:8.0f} records/s ({sec:.1f} s)")
+  with tempfile.TemporaryDirectory() as tmp:
+    for w in sorted({1, workers}):
+      out = os.path.join(tmp, f"w{w}")
+      n, sec, conv = convert(root, out, w, _FS.value)
+      for what, t in (("whole run", sec), ("conversion stage", conv)):
+        rate = n / t
+        print(f"converter, {w} worker(s), {what + ':':<18}{rate:8.0f} records/s ({n} in "
+              f"{t:.1f} s); per core {rate / w:.0f}/s = {rate / w / base:.2f}x the plain "
+              "loop per core")
+    rate, skip = read(out, _BATCH.value, _READ_BATCHES.value)
+    print(f"reader train_batches (batch {_BATCH.value}, fs={_FS.value}):   {rate:8.0f} "
+          f"examples/s = {rate / _BATCH.value:.0f} batches/s")
+    print(f"reader start_step skipping:                  {skip:8.0f} records/s")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("input")
+  app.run(main)
