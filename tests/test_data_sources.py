@@ -153,6 +153,11 @@ def test_wrong_layout_is_a_clear_error(embedded_data, name, folder):
     sources.get_source(name, embedded_data / folder)
 
 
+def test_ptbxl_hr_needs_records500(embedded_data):
+  with pytest.raises(sources.LayoutError, match="no records500"):
+    sources.get_source("ptbxl", embedded_data / "ptbxl", hr=True)
+
+
 @pytest.mark.parametrize("record", ["../ptbxl/records100/00000/00010_lr", "/etc/passwd",
                                     "a/../../b", "a\\..\\b", "x\x00y", ""])
 def test_unsafe_record_ids_rejected(embedded_data, record):

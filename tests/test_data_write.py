@@ -157,6 +157,17 @@ def test_splits_are_patient_disjoint(ptbxl_out, embedded_data, tmp_path):
   assert sum(s == "test" for s in folds.values()) == 24  # strat_fold 10
 
 
+def test_tokenizer_flag_reuses_a_model(ptbxl_out, embedded_data, tmp_path, monkeypatch):
+  from data_pipelines import tokenizer  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tokenizer, "train", lambda *a, **k: pytest.fail("trained a tokenizer"))
+  model = ptbxl_out / features.TOKENIZER_FILE
+  out = tmp_path / "reuse"
+  _build(embedded_data / "ptbxl", out, shards=4, tokenizer=str(model))
+  assert (out / features.TOKENIZER_FILE).read_bytes() == model.read_bytes()
+  assert _digests(out)["cgdmer_ecg-val.tfrecord-00000-of-00004"] == _digests(ptbxl_out)[
+      "cgdmer_ecg-val.tfrecord-00000-of-00004"]
+
+
 def _digests(out):
   return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(out.rglob("*")) if p.is_file()}
