@@ -165,7 +165,11 @@ def _prepare_output(config: BuildConfig, out: pathlib.Path, fingerprint: dict) -
   state = out / shard_worker.BUILD_DIR / "plan.json"
   if out.exists() and any(out.iterdir()):
     old = json.loads(state.read_text()) if state.is_file() else None
-    if old != fingerprint:
+    ours = set(_our_files(out)) | {out / shard_worker.BUILD_DIR}
+    foreign = [p for p in out.iterdir() if p not in ours]
+    # A folder holding only our files but no plan is a run that died before its plan was
+    # written: start it afresh.
+    if old != fingerprint and (old is not None or foreign):
       if not config.overwrite:
         what = "a different build" if old else "files that are not a build of this tool"
         changed = ([k for k in fingerprint["config"] if old["config"].get(k)
@@ -174,6 +178,7 @@ def _prepare_output(config: BuildConfig, out: pathlib.Path, fingerprint: dict) -
             f"output {out} holds {what}" + (f" (changed: {', '.join(changed)})" if changed
                                             else "")
             + "; pass --overwrite to replace it or choose another --output")
+    if old != fingerprint:
       for p in _our_files(out):
         p.unlink()
       shutil.rmtree(out / shard_worker.BUILD_DIR, ignore_errors=True)
@@ -194,7 +199,9 @@ def _tokenizer(config: BuildConfig, out: pathlib.Path, tasks, source) -> tuple[b
   corpus = [r.report for t in tasks if t.split == "train" for r in t.refs if r.report]
   corpus_sha = _sha("\n".join(sorted(corpus)))
   if config.tokenizer:
-    return pathlib.Path(config.tokenizer).read_bytes(), corpus_sha
+    proto = pathlib.Path(config.tokenizer).read_bytes()
+    tokenizer_lib.Tokenizer(proto)  # fails now, with the reason, if the special ids differ
+    return proto, corpus_sha
   if not corpus:
     if source.has_reports:
       logging.warning("No report in the train split: no tokenizer, report_ids all padding.")
@@ -243,11 +250,15 @@ def _run(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> int:
       jobs = [pool.submit(shard_worker.convert_shard, t) for t in pending]
       try:
         for job in futures.as_completed(jobs):
-          done += job.result()["records"]
-          bar.update(job.result()["records"])
+          n = job.result()["records"]
+          done += n
+          bar.update(n)
       except futures.process.BrokenProcessPool as e:
         raise RuntimeError("a conversion worker died; completed shards are kept: rerun "
                            "the same command to resume") from e
+      finally:
+        for job in jobs:  # on failure, do not start more shards
+          job.cancel()
     return done
   finally:
     bar.close()

@@ -238,6 +238,11 @@ def test_different_build_refused_unless_overwrite(embedded_data, tmp_path):
     _build(root, foreign, "cinc")
   _build(root, foreign, "cinc", overwrite=True)
   assert (foreign / "notes.txt").read_text() == "mine"
+  # A run that died before writing its plan left only our side folder: simply start over.
+  died = tmp_path / "died"
+  (died / shard_worker.BUILD_DIR / "manifest").mkdir(parents=True)
+  _build(root, died, "cinc")
+  assert reader.load_info(died).split_sizes
 
 
 def _cli(*args):

@@ -148,8 +148,9 @@ def _parser(info: DatasetInfo, with_ids: bool):
     spec[name] = tf.io.FixedLenFeature(tinfo.shape, tinfo.tf_dtype)
   ecg_feature = feats["ecg"]
   ecg_shape, ecg_dtype = tuple(ecg_feature.shape), tf.as_dtype(ecg_feature.np_dtype)
-  keep = set(spec) if with_ids else set(spec) - {"record_id", "patient_id", "source",
-                                                 "report"}
+  keep = {"ecg", "lead_mask", "valid_len", "report_ids", "report_len"}
+  if with_ids:
+    keep.add("record_id")
   spec = {k: v for k, v in spec.items() if k in keep}
 
   def parse(serialized):
