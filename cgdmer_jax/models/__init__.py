@@ -1,0 +1,1 @@
+"""The CG-DMER network: layers, ECG and report towers, disentanglement, decoders, wiring."""
