@@ -113,7 +113,7 @@ def convert_record(state: _State, ref) -> tuple[bytes | None, dict[str, Any]]:
   row: dict[str, Any] = dict.fromkeys(MANIFEST_COLUMNS, "")
   row.update(record=ref.record, patient=ref.patient, source=spec.source)
   try:
-    raw = state.source.read(ref)
+    raw = state.source.read(ref, max_seconds=spec.signal.seconds)
     row.update(fs_in=f"{raw.fs:g}", samples_in=raw.signal.shape[0])
     canon = signal_lib.canonicalize(raw.signal, raw.leads, raw.fs, spec.signal)
     if state.tokenizer is not None:

@@ -83,5 +83,5 @@ def read_canonical(name: str, root: str | os.PathLike, record: str, config, **op
   """
   from data_pipelines import signal  # pylint: disable=g-import-not-at-top
   source = get_source(name, root, **options)
-  sig, leads, fs, _ = source.read_signal(record)
+  sig, leads, fs, _ = source.read_signal(record, max_seconds=config.seconds)
   return signal.canonicalize(sig, leads, fs, config)

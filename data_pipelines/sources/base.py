@@ -141,8 +141,13 @@ class Source(abc.ABC):
     """Every record of the input, in a deterministic order, without reading signals."""
 
   @abc.abstractmethod
-  def read_signal(self, record: str) -> tuple[np.ndarray, tuple[str, ...], float, dict]:
-    """(signal [T, C] mV, channel names, fs, meta) of one record; raises on failure."""
+  def read_signal(self, record: str, max_seconds: float | None = None
+                  ) -> tuple[np.ndarray, tuple[str, ...], float, dict]:
+    """(signal [T, C] mV, channel names, fs, meta) of one record; raises on failure.
+
+    `max_seconds` lets a source read only the start of long recordings (at least that many
+    seconds are returned when the record has them); sources of short records ignore it.
+    """
 
   def lookup(self, record: str) -> RecordRef:
     """The listing entry of `record` (the listing is built once and cached)."""
@@ -152,18 +157,19 @@ class Source(abc.ABC):
       raise Rejected(f"record {record!r} is not listed by source {self.name!r}")
     return self._index[record]
 
-  def read(self, ref: RecordRef | str) -> RawRecord:
+  def read(self, ref: RecordRef | str, max_seconds: float | None = None) -> RawRecord:
     """Reads one record.
 
     Args:
       ref: a listing entry, or a record id (then looked up in the listing for its patient
         and report).
+      max_seconds: see `read_signal`.
 
     Returns:
       The `RawRecord`.
     """
     if isinstance(ref, str):
       ref = self.lookup(ref)
-    signal, leads, fs, meta = self.read_signal(ref.record)
+    signal, leads, fs, meta = self.read_signal(ref.record, max_seconds)
     return RawRecord(record=ref.record, patient=ref.patient, signal=signal, leads=leads,
                      fs=float(fs), report=ref.report, meta={**ref.meta, **meta})

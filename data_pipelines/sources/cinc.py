@@ -42,7 +42,8 @@ class Cinc(Source):
     for record in self._headers():
       yield RecordRef(record=record, patient=record)
 
-  def read_signal(self, record):
+  def read_signal(self, record, max_seconds=None):
+    del max_seconds  # records of this layout are short: read whole
     sig, leads, fs, meta = wfdb_io.read_wfdb(resolve_record(self.root, record), self.root)
     meta.update(wfdb_io.parse_cinc_comments(meta["comments"]))
     return sig, leads, fs, meta

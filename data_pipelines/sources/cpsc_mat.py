@@ -47,7 +47,8 @@ class CpscMat(Source):
     for record in self._records():
       yield RecordRef(record=record, patient=record)
 
-  def read_signal(self, record):
+  def read_signal(self, record, max_seconds=None):
+    del max_seconds  # records of this layout are short: read whole
     path = resolve_record(self.root, record, ".mat")
     try:
       mat = scipy.io.loadmat(path)

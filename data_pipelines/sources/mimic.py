@@ -61,7 +61,8 @@ class Mimic(Source):
           meta={"subject_id": str(row["subject_id"]), "study_id": str(row["study_id"]),
                 "ecg_time": str(row.get("ecg_time", ""))})
 
-  def read_signal(self, record):
+  def read_signal(self, record, max_seconds=None):
+    del max_seconds  # records of this layout are short: read whole
     return wfdb_io.read_wfdb(resolve_record(self.root, record), self.root)
 
 

@@ -104,7 +104,8 @@ class PtbXl(Source):
                       report=str(row.report or ""), split_hint=fold_split(row.strat_fold),
                       meta=meta)
 
-  def read_signal(self, record):
+  def read_signal(self, record, max_seconds=None):
+    del max_seconds  # records of this layout are short: read whole
     return wfdb_io.read_wfdb(resolve_record(self.root, record), self.root)
 
 

@@ -4,7 +4,9 @@ A record is a `.hea` file, except the segment headers of a multi-segment record 
 on the lines of a `name/num_segments` header, including a variable layout's `_layout`
 header): the multi-segment record is read as one record by `wfdb.rdrecord`. Header comments
 go into meta['comments']. No patient ids: every record is its own patient. Headers wfdb
-cannot parse are listed and then rejected with wfdb's error as the reason.
+cannot parse are listed and then rejected with wfdb's error as the reason. Only the first
+`seconds` (the converter's window) of a record are read: such folders hold hours-long
+Holter and ICU recordings.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ class WfdbDir(Source):
       if record not in children:
         yield RecordRef(record=record, patient=record)
 
-  def read_signal(self, record):
-    return wfdb_io.read_wfdb(resolve_record(self.root, record), self.root)
+  def read_signal(self, record, max_seconds=None):
+    # Holter and ICU recordings can last hours: read only the part that will be kept.
+    return wfdb_io.read_wfdb(resolve_record(self.root, record), self.root,
+                             max_seconds=max_seconds)
 
 
 SOURCES = {"wfdb_dir": WfdbDir}

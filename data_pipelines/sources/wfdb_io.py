@@ -21,6 +21,7 @@ parse is unchanged; `tests/test_data_sources.py` compares both on every shared r
 from __future__ import annotations
 
 import contextlib
+import math
 import pathlib
 import re
 import threading
@@ -99,13 +100,16 @@ def _mv_scale(units: str | None) -> float | None:
   return _TO_MV.get(units.strip().lower())
 
 
-def read_wfdb(path: pathlib.Path, root: pathlib.Path | None = None
+def read_wfdb(path: pathlib.Path, root: pathlib.Path | None = None,
+              max_seconds: float | None = None
               ) -> tuple[np.ndarray, tuple[str, ...], float, dict]:
   """Reads one WFDB record with `wfdb.rdrecord`.
 
   Args:
     path: the record path without extension.
     root: the input root, only to shorten paths in error messages.
+    max_seconds: read only the first ceil(max_seconds * fs) frames (the header is parsed
+      once more to know fs and the length); None reads the whole record.
 
   Returns:
     (signal float64 [T, C] in mV, channel names, fs in Hz, meta with 'comments',
@@ -116,7 +120,12 @@ def read_wfdb(path: pathlib.Path, root: pathlib.Path | None = None
   """
   try:
     with fast_header_parsing():
-      rec = wfdb.rdrecord(str(path), smooth_frames=False)
+      sampto = None
+      if max_seconds is not None:
+        header = wfdb.rdheader(str(path))
+        if header.fs and header.sig_len:
+          sampto = min(int(header.sig_len), math.ceil(round(max_seconds * header.fs, 6)))
+      rec = wfdb.rdrecord(str(path), smooth_frames=False, sampto=sampto)
   except Exception as e:  # pylint: disable=broad-except
     msg = str(e)
     if root is not None:
