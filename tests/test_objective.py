@@ -183,15 +183,19 @@ def test_ecg_mask_only_never_builds_text(batch):
     nnx.merge(graphdef, params).encode_text(batch["report_ids"], batch["report_len"])
 
 
-def test_bf16_unrolled_remat_options(batch):
+def test_bf16_unrolled_remat_options(batch, trained):
+  """bfloat16 compute with unrolled, rematerialised layers: the loss runs and is finite;
+  gradients (traced only, to save a compile) are float32 like the params."""
   config = _config()
   config.model.update(dtype="bfloat16", scan_layers=False, remat=True)
   graphdef, params = objective.init(config, seed=0)
-  fn = jax.jit(jax.value_and_grad(
-      functools.partial(objective.loss_fn, graphdef=graphdef, config=config), has_aux=True))
-  (loss, metrics), grads = fn(params, batch=batch, rng=jax.random.key(0))
+  fn = functools.partial(objective.loss_fn, graphdef=graphdef, config=config)
+  loss, metrics = jax.jit(fn)(params, batch=batch, rng=jax.random.key(123))
   assert all(v.dtype == jnp.float32 for v in metrics.values())
   assert np.isfinite(float(loss))
-  leaves = jax.tree.leaves(grads)
-  assert all(g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all() for g in leaves)
-  assert sum(float(jnp.abs(g).sum()) > 0 for g in leaves) == len(leaves)
+  # Same masks as the float32 model's initial loss; the init differs (unrolled layers draw
+  # their own weights), so only the scale is compared.
+  assert 0.7 < float(loss) / float(trained["before"]["loss"]) < 1.4
+  grads = jax.eval_shape(jax.grad(lambda p: fn(p, batch=batch, rng=jax.random.key(0))[0]),
+                         params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
