@@ -132,7 +132,11 @@ def convert_record(state: _State, ref) -> tuple[bytes | None, dict[str, Any]]:
         "report_ids": ids,
         "report_len": n_ids,
     }
-    data = state.serializer.serialize_example(state.features.encode_example(example))
+    # deterministic=True sorts the Example's feature map; without it the byte order follows
+    # the process's string hashing, so the same record would serialize differently in
+    # different worker processes and reruns would not be byte-identical.
+    data = state.serializer.get_tf_example(
+        state.features.encode_example(example)).SerializeToString(deterministic=True)
   except Exception as e:  # pylint: disable=broad-except
     row.update(status="rejected", reason=_reason(e, spec.input))
     return None, row

@@ -1,6 +1,7 @@
 """The converter's output: nothing lost, TFDS-readable, resumable, idempotent, safe to kill."""
 
 import csv
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -220,6 +221,35 @@ def test_interrupted_run_leaves_no_complete_looking_shard(ptbxl_out, embedded_da
   summary = _build(embedded_data / "ptbxl", out, shards=4)
   assert summary.shards_skipped == 2
   assert not list(out.rglob("*.tmp-*"))
+  assert _digests(out) == _digests(ptbxl_out)
+
+
+class _DiesWhenUnpickled:
+  """Unpickling this in a worker process ends the process at once, like a SIGKILL."""
+
+  def __reduce__(self):
+    return (os._exit, (3,))
+
+
+def test_killed_worker_process(ptbxl_out, embedded_data, tmp_path, monkeypatch):
+  out = tmp_path / "worker_killed"
+  real_plan = write.plan
+
+  def poisoned_plan(config, refs):
+    tasks = real_plan(config, refs)
+    victim = tasks[2]
+    victim.refs = [dataclasses.replace(victim.refs[0], meta={"die": _DiesWhenUnpickled()})
+                   ] + victim.refs[1:]
+    return tasks
+
+  monkeypatch.setattr(write, "plan", poisoned_plan)
+  with pytest.raises(RuntimeError, match="worker died"):
+    _build(embedded_data / "ptbxl", out, shards=4, workers=2)
+  monkeypatch.undo()
+  assert not (out / "cgdmer_ecg-train.tfrecord-00002-of-00004").exists()
+  assert not (out / features.BUILD_INFO_FILE).exists()
+  assert not (out / "dataset_info.json").exists()
+  _build(embedded_data / "ptbxl", out, shards=4, workers=2)
   assert _digests(out) == _digests(ptbxl_out)
 
 
