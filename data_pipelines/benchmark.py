@@ -14,6 +14,9 @@ Prints (one machine, one run):
   per-core ratio to the plain loop;
 * the reader: `train_batches` examples/s (batch 32) and the rate at which `start_step`
   skips records.
+
+A first line says how many of the N cores a CPU-bound job really gets at that moment (on a
+shared machine the N-worker numbers are only comparable when it is close to N).
 """
 
 from __future__ import annotations
@@ -51,6 +54,25 @@ _PLAIN_LOOP = textwrap.dedent("""
       np.save(os.path.join(out, f"{i}.npy"), sig)
     print(len(records), time.perf_counter() - start)
 """)
+
+
+def _spin(_) -> float:
+  start = time.perf_counter()
+  total = 0
+  for i in range(5_000_000):
+    total += i
+  return time.perf_counter() - start
+
+
+def effective_cores(n: int) -> float:
+  """How many of n processes really run at once (n for an idle machine, less when shared)."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  one = _spin(0)
+  with multiprocessing.get_context("fork").Pool(n) as pool:
+    start = time.perf_counter()
+    pool.map(_spin, range(n))
+    wall = time.perf_counter() - start
+  return n * one / wall
 
 
 def plain_loop(root: str, shim: bool) -> tuple[int, float]:
@@ -96,8 +118,9 @@ def main(argv):
   del argv
   root = os.path.abspath(_INPUT.value)
   workers = _WORKERS.value or len(os.sched_getaffinity(0))
-  print(f"machine: {len(os.sched_getaffinity(0))} cores available; input {root}; "
-        f"converter fs={_FS.value}")
+  print(f"machine: {len(os.sched_getaffinity(0))} cores available, {effective_cores(workers):.1f} "
+        f"of {workers} really free now (CPU-bound check); input {root}; converter "
+        f"fs={_FS.value}")
   n, sec = plain_loop(root, shim=False)
   base = n / sec
   print(f"plain loop (rdsamp + np.save, 1 core):       {base:8.0f} records/s ({n} in {sec:.1f} s)")
