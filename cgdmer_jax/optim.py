@@ -55,9 +55,11 @@ def make_optimizer(config: ml_collections.ConfigDict
     is the same whatever `optim.grad_accum_steps` is.
   """
   schedule = learning_rate_schedule(config)
-  chain = []
-  if config.optim.clip_norm and config.optim.clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(config.optim.clip_norm))
+  # The chain has the same structure with and without clipping, so a checkpoint restores
+  # whatever clip_norm the resumed run uses.
+  clip = (optax.clip_by_global_norm(config.optim.clip_norm)
+          if config.optim.clip_norm and config.optim.clip_norm > 0 else optax.identity())
+  chain = [clip]
   chain.append(optax.adamw(
       learning_rate=schedule, b1=config.optim.b1, b2=config.optim.b2,
       weight_decay=config.optim.weight_decay, mask=decay_mask))

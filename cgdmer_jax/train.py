@@ -140,7 +140,8 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
 
 def make_eval_step(graphdef, config) -> Callable:
   """`(params, batch) -> metrics` with a fixed masking RNG, so evals are comparable."""
-  key = jax.random.fold_in(jax.random.key(config.seed), -1)
+  # A fixed masking key for every eval, distinct from the training stream (steps >= 0).
+  key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
   def eval_step(params, batch):
     loss, mets = objective.loss_fn(params, graphdef=graphdef, batch=batch, rng=key,
                                    config=config)

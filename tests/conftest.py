@@ -5,11 +5,18 @@ Environment variables must be set before jax or tensorflow is imported anywhere.
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA:CPU compiles of the same programs recur across tests, xdist workers and the
+# subprocesses some tests start: a persistent compilation cache shares them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"cgdmer_jax_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # pylint: disable=g-import-not-at-top
 
@@ -32,3 +39,16 @@ def shared_data() -> pathlib.Path:
     pytest.skip(f"full shared data set not found at {SHARED} "
                 "(set CGDMER_SHARED_DATA to its path to run this test)")
   return SHARED
+
+
+@pytest.fixture(scope="session")
+def ptbxl_tfrecords(tmp_path_factory) -> pathlib.Path:
+  """The embedded PTB-XL subset converted at 100 Hz (4 train shards: enough for 2 processes)."""
+  from data_pipelines import signal  # pylint: disable=g-import-not-at-top
+  from data_pipelines import write  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("ptbxl_tfrecords")
+  write.build(write.BuildConfig(
+      source="ptbxl", input=str(EMBEDDED / "ptbxl"), output=str(out),
+      signal=signal.Config(fs=100, seconds=10.0), shards=4, vocab_size=400, workers=1,
+      progress=False))
+  return out
