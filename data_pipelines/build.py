@@ -27,7 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-# Workers and this process use TensorFlow only through TFDS metadata; never a GPU.
+# TensorFlow (TFDS metadata, the shard writer) is a CPU tool here: never a GPU.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

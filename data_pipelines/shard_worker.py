@@ -13,7 +13,8 @@ Completion protocol (what makes reruns resumable and interruptions harmless):
    its file does); a crash between 2 and 3 only means the shard is converted again.
 
 No record can crash a shard: any exception while converting a record becomes a `rejected`
-manifest row with the exception as the reason. TensorFlow is never imported here.
+manifest row with the exception as the reason. TensorFlow is imported only by the shard
+writer (`tfrecord.AtomicShardWriter`), once per worker process.
 """
 
 from __future__ import annotations

@@ -95,16 +95,15 @@ def test_every_shared_record_written_or_rejected(shared_data, tmp_path):
   assert len(ptbxl) == 3230 and all(r["status"] == "written" for r in ptbxl)
 
 
-def test_crc32c_and_tf_verifies_it(tmp_path):
-  assert tfrecord.crc32c(b"123456789") == 0xE3069283
-  assert tfrecord.crc32c(bytes(32)) == 0x8A9136AA
-  assert tfrecord.crc32c(b"\xff" * 32) == 0x62A8AB43
+def test_atomic_shard_writer_round_trip_and_checksums(tmp_path):
   path = tmp_path / "x.tfrecord"
   records = [os.urandom(n) for n in (0, 3, 1000, 5000, 70000)]
   with tfrecord.AtomicShardWriter(path) as w:
     for r in records:
       w.write(r)
+    assert not path.exists()  # nothing under the final name until commit
     w.commit()
+  assert not list(tmp_path.glob("*.tmp-*"))
   assert [x.numpy() for x in tf.data.TFRecordDataset(str(path))] == records
   data = bytearray(path.read_bytes())
   data[-100] ^= 1
