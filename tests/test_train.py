@@ -66,17 +66,17 @@ def test_bad_config_fails_before_compiling(tmp_path, ptbxl_tfrecords):
 def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords):
   assert jax.device_count() == 8
   workdir = tmp_path / "run"
-  config = tiny_config(ptbxl_tfrecords, total_steps=60, eval_every_steps=60)
+  config = tiny_config(ptbxl_tfrecords, eval_every_steps=40)
   out = train.train_and_evaluate(config, str(workdir))
   rows = [r for r in read_metrics(workdir) if "loss" in r]
-  assert rows[0]["step"] == 5 and rows[-1]["step"] == 60
+  assert rows[0]["step"] == 5 and rows[-1]["step"] == 40
   assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], rows
   for key in ("loss/ecg", "loss/text", "loss/contrastive", "loss/disentangle", "lr",
               "grad_norm", "examples_per_s", "step_time_s"):
     assert key in rows[-1], key
   assert "val/loss" in out and np.isfinite(out["val/loss"])
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                if p.name.isdigit()) == [20, 40, 60]
+                if p.name.isdigit()) == [20, 40]
   assert (workdir / "config.json").exists()
   assert list((workdir / "tensorboard").iterdir())
 
@@ -104,17 +104,17 @@ def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
 
 
 def test_resume_is_exact(tmp_path, ptbxl_tfrecords):
+  # Every run shares total_steps (the LR schedule) so the compiled step is the same program.
   straight = tmp_path / "straight"
-  config = tiny_config(ptbxl_tfrecords, total_steps=24, **{"checkpoint.every_steps": 100})
+  config = tiny_config(ptbxl_tfrecords, steps_per_run=12, **{"checkpoint.every_steps": 100})
   train.train_and_evaluate(config, str(straight))
   split = tmp_path / "split"
   for _ in range(2):
-    config = tiny_config(ptbxl_tfrecords, total_steps=24, steps_per_run=12,
-                         **{"checkpoint.every_steps": 100})
+    config = tiny_config(ptbxl_tfrecords, steps_per_run=6, **{"checkpoint.every_steps": 100})
     train.train_and_evaluate(config, str(split))
   pa, meta_a = params_of(straight, tiny_config(ptbxl_tfrecords))
   pb, meta_b = params_of(split, tiny_config(ptbxl_tfrecords))
-  assert meta_a["step"] == meta_b["step"] == 24
+  assert meta_a["step"] == meta_b["step"] == 12
   # Bit-identical: same data stream from the resumed step, RNG = fold_in(seed, step),
   # deterministic XLA:CPU kernels.
   for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
@@ -123,15 +123,13 @@ def test_resume_is_exact(tmp_path, ptbxl_tfrecords):
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, ptbxl_tfrecords):
   workdir = tmp_path / "nan"
-  config = tiny_config(ptbxl_tfrecords, total_steps=10, **{"checkpoint.every_steps": 5})
+  config = tiny_config(ptbxl_tfrecords, steps_per_run=5, **{"checkpoint.every_steps": 5})
   train.train_and_evaluate(config, str(workdir))
-  # An absurd learning rate drives the loss to inf/nan quickly.
-  config = tiny_config(ptbxl_tfrecords, total_steps=400, **{"checkpoint.every_steps": 5,
-                                                             "optim.lr": 1e9,
-                                                             "optim.clip_norm": 0.0,
-                                                             "optim.warmup_steps": 0})
+  # An absurd learning rate drives the loss to inf/nan within a few steps.
+  config = tiny_config(ptbxl_tfrecords, **{"checkpoint.every_steps": 5, "optim.lr": 1e9,
+                                           "optim.clip_norm": 0.0})
   with pytest.raises(train.NonFiniteLossError, match="last good checkpoint is step"):
     train.train_and_evaluate(config, str(workdir))
-  _, meta = params_of(workdir, tiny_config(ptbxl_tfrecords))
-  params, _ = params_of(workdir, tiny_config(ptbxl_tfrecords))
+  params, meta = params_of(workdir, tiny_config(ptbxl_tfrecords))
+  assert meta["step"] < 40
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)), meta
