@@ -17,7 +17,7 @@ Resume precedence (first that applies wins):
 from __future__ import annotations
 
 import dataclasses
-import logging
+from absl import logging
 import os
 import signal
 import threading

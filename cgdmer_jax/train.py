@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
-import logging
+from absl import logging
 import math
 import pathlib
 import time
@@ -203,6 +204,18 @@ def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def params_digest(params) -> str:
+  """SHA-256 of this process's first local copy of every parameter.
+
+  Logged by every process at the end of a run: with replicated parameters (mesh.fsdp = 1)
+  all processes must print the same digest; a difference means the replicas diverged.
+  """
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(np.asarray(leaf.addressable_data(0))).tobytes())
+  return h.hexdigest()
+
+
 def _fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(mets).items()}
 
@@ -314,6 +327,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logging.warning("preempted: checkpoint saved at step %d; exiting", step)
           break
       flush()
+      logging.info("process %d/%d ends at step %d; params digest %s", jax.process_index(),
+                   jax.process_count(), step, params_digest(state["params"]))
   finally:
     ckpt.wait()
     ckpt.close()
