@@ -43,7 +43,7 @@ def label_subset(n: int, fraction: float) -> np.ndarray:
   idx = np.arange(n)
   if fraction >= 1 or n <= 1:
     return idx
-  if round(n * fraction) < 1:
+  if int(np.floor(n * fraction)) < 1:  # sklearn floors a float train_size
     # Too few rows for this fraction: keep one, and say so in the result.
     return np.sort(train_test_split(idx, train_size=1, random_state=42)[0])
   return np.sort(train_test_split(idx, train_size=fraction, random_state=42)[0])
@@ -85,7 +85,11 @@ def train_and_score(x_train, y_train, x_val, y_val, x_test, y_test, classes,
     raise ValueError("no training rows for the linear probe")
   mean = x_train.mean(0, keepdims=True)
   std = x_train.std(0, keepdims=True) + 1e-6
-  norm = lambda x: ((np.asarray(x, np.float32) - mean) / std).astype(np.float32)
+  def norm(x):
+    x = np.asarray(x, np.float32)
+    if len(x) == 0:  # an empty split (e.g. no val rows) may come without a feature width
+      return np.zeros((0, d), np.float32)
+    return ((x - mean) / std).astype(np.float32)
   xt, xv, xs = norm(x_train), norm(x_val), norm(x_test)
 
   bs = min(config.batch_size, n)
@@ -105,8 +109,10 @@ def train_and_score(x_train, y_train, x_val, y_val, x_test, y_test, classes,
     params, opt_state, _ = _epoch(params, opt_state, xt[perm].reshape(nb, bs, d),
                                   y_train[perm].astype(np.float32).reshape(nb, bs, c),
                                   w.reshape(nb, bs), tx)
-    val = auc_lib.macro_auc(y_val, np.asarray(predict(params, xv)), classes) if len(xv) else None
-    test = auc_lib.macro_auc(y_test, np.asarray(predict(params, xs)), classes)
+    val = (auc_lib.macro_auc(y_val, np.asarray(predict(params, xv)), classes) if len(xv)
+           else None)
+    test = auc_lib.macro_auc(np.asarray(y_test).reshape(-1, c),
+                             np.asarray(predict(params, xs)), classes)
     history.append((val, test))
 
   val_ok = [v is not None and not np.isnan(v.macro) for v, _ in history]

@@ -1,0 +1,118 @@
+r"""Evaluates pretrained encoders on the MERL benchmark: zero-shot and linear probing.
+
+  python -m cgdmer_jax.evaluate --workdir=RUN[,RUN2,...] [--random_init] \
+      --tasks=ptbxl_super,ptbxl_sub,ptbxl_form,ptbxl_rhythm,cpsc2018,csn \
+      --fractions=1,10,100 --data_root=DATA [--tables_root=DIR] [--out=DIR]
+
+Each `--workdir` entry is a training workdir or an export folder; `--random_init` adds the
+same architecture with random weights (the baseline a pretrained encoder must beat); the
+ablation variants are evaluated by listing their workdirs. The data root holds `ptbxl/`
+(PTB-XL layout with `merl_splits/`), `cpsc2018/` (with `labels_icbeb_merl.csv`), `csn/`
+(with `labels_chapman_merl.csv`) and `merl_zeroshot/CKEPE_prompt.json`.
+
+Writes `<out>/<model>/results.{json,md}` and `plots/`, and `<out>/summary.md` with every
+model's row. Default --out: `<first workdir>/eval`.
+Exit status: 0 done; 2 bad usage (unknown task, missing model or data); 1 other errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_list("workdir", [], "Training workdirs and/or export folders.")
+_RANDOM = flags.DEFINE_bool("random_init", False, "Also evaluate a randomly initialised "
+                            "encoder of the first model's architecture.")
+_SEED = flags.DEFINE_integer("random_seed", 0, "Seed of the random-init baseline.")
+_TASKS = flags.DEFINE_list("tasks", ["ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm",
+                                     "cpsc2018", "csn"], "Benchmark tasks.")
+_FRACTIONS = flags.DEFINE_list("fractions", ["1", "10", "100"],
+                               "Linear-probing label fractions in percent.")
+_DATA_ROOT = flags.DEFINE_string("data_root", None, "Folder holding ptbxl/, cpsc2018/, csn/ "
+                                 "and merl_zeroshot/.")
+_TABLES_ROOT = flags.DEFINE_string("tables_root", None, "Folder the label tables are relative "
+                                   "to (default: --data_root).")
+_PROMPTS = flags.DEFINE_string("prompts", None, "Zero-shot prompt JSON (default: "
+                               "<data_root>/merl_zeroshot/CKEPE_prompt.json).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: <first workdir>/eval).")
+_EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs.")
+_PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "Linear-probe learning rate (AdamW).")
+_PROBE_BATCH = flags.DEFINE_integer("probe_batch_size", 256, "Linear-probe batch size.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "ECGs per encoder call.")
+
+
+def run(workdirs, *, random_init=False, random_seed=0, task_names, fractions, data_root,
+        tables_root=None, prompts=None, out=None, probe_config=None, batch_size=64,
+        progress=True) -> list[dict]:
+  """Evaluates every model and writes the per-model results and the summary."""
+  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import tasks  # pylint: disable=g-import-not-at-top
+
+  unknown = [t for t in task_names if t not in tasks.TASKS]
+  if unknown:
+    raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks.TASKS)}")
+  if not workdirs:
+    raise ValueError("pass at least one --workdir (training workdir or export folder)")
+  if not data_root or not pathlib.Path(data_root).is_dir():
+    raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
+  out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
+  encoders = [inference.load(w, batch_size=batch_size) for w in workdirs]
+  if random_init:
+    first = pathlib.Path(workdirs[0])
+    config = inference.load_config(first / "config.json")
+    encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
+                                          batch_size=batch_size))
+  probe_config = probe_config or linear_probe.ProbeConfig()
+  names = set()
+  all_results = []
+  for enc in encoders:
+    name = enc.name
+    while name in names:
+      name += "_"
+    names.add(name)
+    all_results.append(runner.evaluate_encoder(
+        enc, task_names, fractions, data_root=data_root, tables_root=tables_root,
+        prompts_path=prompts, probe_config=probe_config, out_dir=out / name.replace("/", "_"),
+        progress=progress))
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "summary.md").write_text(runner.markdown(all_results))
+  (out / "summary.json").write_text(json.dumps(
+      [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")),
+        "tasks": {t: {"zero_shot": e.get("zero_shot", {}).get("macro_auc"),
+                      "linear_probe": {k: v.get("test_auc") for k, v in
+                                       e.get("linear_probe", {}).items()}}
+                  for t, e in r["tasks"].items()}} for r in all_results], indent=2))
+  return all_results
+
+
+def main(argv) -> int:
+  del argv
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
+  try:
+    fractions = [float(f) / 100 for f in _FRACTIONS.value]
+    results = run(_WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
+                  task_names=_TASKS.value, fractions=fractions, data_root=_DATA_ROOT.value,
+                  tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value, out=_OUT.value,
+                  probe_config=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
+                                                        batch_size=_PROBE_BATCH.value),
+                  batch_size=_BATCH.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  print(runner.markdown(results))
+  out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value[0]) / "eval")
+  print(f"results and plots in {out}/")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,132 @@
+"""From label-table rows to canonical signals: locating each row's record and reading it once.
+
+PTB-XL rows name their record by path (`filename_lr` / `filename_hr` relative to the PTB-XL
+root); CPSC and Chapman rows by name (`A1983`, `/chapman/WFDBRecords/12/120/JS11438.mat`), found
+by file name anywhere under the dataset's folder. Records are read by the converter's code
+(`data_pipelines.locate`) at the model's rate and length, with partial-lead records carried
+(missing leads masked) so that every labelled ECG is scored. Rows whose record is absent or
+unreadable are left out and listed in the results, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+from tqdm import tqdm
+
+from cgdmer_jax.evaluators import tasks as tasks_lib
+from data_pipelines import locate
+
+SPLITS = tasks_lib.SPLITS
+
+
+def _ptbxl_locator(root: pathlib.Path, prefer_hr: bool):
+  def find(row) -> locate.Located | None:
+    cols = ("filename_hr", "filename_lr") if prefer_hr else ("filename_lr", "filename_hr")
+    for col in cols:
+      rel = row.get(col)
+      if isinstance(rel, str) and rel and (root / f"{rel}.hea").is_file():
+        return locate.Located("wfdb_dir", root, rel)
+    return None
+  return find
+
+
+def _name_locator(root: pathlib.Path, column: str):
+  index = locate.index_by_name(root) if root.is_dir() else {}
+  def find(row) -> locate.Located | None:
+    value = row.get(column)
+    if not isinstance(value, str) or not value:
+      return None
+    name = pathlib.PurePosixPath(value.replace("\\", "/")).name
+    for suffix in (".mat", ".hea", ".dat"):
+      if name.endswith(suffix):
+        name = name[:-len(suffix)]
+    return index.get(name)
+  return find
+
+
+def locator(task: tasks_lib.Task, data_root: str | pathlib.Path, fs: int):
+  """A function from a label row (dict) to its `Located` record, or None when absent."""
+  root = pathlib.Path(data_root) / task.root
+  if task.root == "ptbxl":
+    return _ptbxl_locator(root, prefer_hr=fs > 100)
+  return _name_locator(root, task.id_columns[0])
+
+
+@dataclasses.dataclass
+class TaskData:
+  """One task's features and labels per split, with what was left out."""
+  classes: tuple[str, ...]
+  x: dict[str, dict[str, np.ndarray]]   # split -> feature name -> [N, D]
+  y: dict[str, np.ndarray]              # split -> [N, C]
+  left_out: dict[str, list[dict]]       # split -> [{row, reason}]
+
+  def counts(self) -> dict[str, int]:
+    return {s: int(len(self.y[s])) for s in SPLITS}
+
+
+class FeatureCache:
+  """Embeds each record once per model, whatever the number of tasks that use it."""
+
+  def __init__(self, encoder, *, progress: bool = True):
+    self.encoder = encoder
+    self.reader = locate.CanonicalReader(encoder.signal_config(min_leads=1))
+    self.progress = progress
+    self._feats: dict[str, dict[str, np.ndarray] | str] = {}
+
+  def fetch(self, locs: list[locate.Located]) -> list[dict[str, np.ndarray] | str]:
+    """Per record: its features ({embedding, probe}), or the reason it could not be read."""
+    todo = [loc for loc in dict.fromkeys(locs) if loc.path not in self._feats]
+    batch: list[tuple[locate.Located, object]] = []
+
+    def flush():
+      if not batch:
+        return
+      outs = self.encoder.embed_ecg(np.stack([c.millivolts for _, c in batch]),
+                                    np.asarray([c.valid_len for _, c in batch]),
+                                    np.stack([c.lead_mask for _, c in batch]))
+      for i, (loc, _) in enumerate(batch):
+        self._feats[loc.path] = {k: outs[k][i] for k in ("embedding", "probe")}
+      batch.clear()
+
+    for loc, canon, reason in tqdm(self.reader.read_many(todo), total=len(todo),
+                                   desc=f"embed {self.encoder.name}", unit="rec",
+                                   disable=not self.progress or not todo):
+      if canon is None:
+        self._feats[loc.path] = reason
+        continue
+      batch.append((loc, canon))
+      if len(batch) >= 4 * self.encoder.batch_size:
+        flush()
+    flush()
+    return [self._feats[loc.path] for loc in locs]
+
+
+def load_task(task: tasks_lib.Task, data_root, tables_root, cache: FeatureCache) -> TaskData:
+  """Features and labels of every split of `task`."""
+  splits = tasks_lib.read_labels(task, tables_root)
+  find = locator(task, data_root, cache.encoder.fs)
+  x, y, left_out = {}, {}, {}
+  for split in SPLITS:
+    frame = splits[split].frame
+    rows = frame.to_dict("records")
+    locs = [find(r) for r in rows]
+    present = [i for i, loc in enumerate(locs) if loc is not None]
+    feats = cache.fetch([locs[i] for i in present])
+    keep, left = [], []
+    for i, loc in enumerate(locs):
+      if loc is None:
+        left.append({"row": i, "reason": f"record not found under {data_root}/{task.root}"})
+    for i, f in zip(present, feats):
+      if isinstance(f, str):
+        left.append({"row": i, "reason": f})
+      else:
+        keep.append((i, f))
+    idx = np.asarray([i for i, _ in keep], dtype=np.int64)
+    y[split] = splits[split].y[idx] if len(idx) else splits[split].y[:0]
+    x[split] = {k: (np.stack([f[k] for _, f in keep]) if keep else np.zeros((0, 0), np.float32))
+                for k in ("embedding", "probe")}
+    left_out[split] = sorted(left, key=lambda r: r["row"])
+  return TaskData(splits["train"].classes, x, y, left_out)
