@@ -17,7 +17,6 @@ Exit status: 0 done; 2 bad usage (unknown task, missing model or data); 1 other 
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import sys
@@ -46,59 +45,14 @@ _PROBE_BATCH = flags.DEFINE_integer("probe_batch_size", 256, "Linear-probe batch
 _BATCH = flags.DEFINE_integer("batch_size", 64, "ECGs per encoder call.")
 
 
-def run(workdirs, *, random_init=False, random_seed=0, task_names, fractions, data_root,
-        tables_root=None, prompts=None, out=None, probe_config=None, batch_size=64,
-        progress=True) -> list[dict]:
-  """Evaluates every model and writes the per-model results and the summary."""
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import tasks  # pylint: disable=g-import-not-at-top
-
-  unknown = [t for t in task_names if t not in tasks.TASKS]
-  if unknown:
-    raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks.TASKS)}")
-  if not workdirs:
-    raise ValueError("pass at least one --workdir (training workdir or export folder)")
-  if not data_root or not pathlib.Path(data_root).is_dir():
-    raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
-  out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
-  encoders = [inference.load(w, batch_size=batch_size) for w in workdirs]
-  if random_init:
-    first = pathlib.Path(workdirs[0])
-    config = inference.load_config(first / "config.json")
-    encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
-                                          batch_size=batch_size))
-  probe_config = probe_config or linear_probe.ProbeConfig()
-  names = set()
-  all_results = []
-  for enc in encoders:
-    name = enc.name
-    while name in names:
-      name += "_"
-    names.add(name)
-    all_results.append(runner.evaluate_encoder(
-        enc, task_names, fractions, data_root=data_root, tables_root=tables_root,
-        prompts_path=prompts, probe_config=probe_config, out_dir=out / name.replace("/", "_"),
-        progress=progress))
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "summary.md").write_text(runner.markdown(all_results))
-  (out / "summary.json").write_text(json.dumps(
-      [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")),
-        "tasks": {t: {"zero_shot": e.get("zero_shot", {}).get("macro_auc"),
-                      "linear_probe": {k: v.get("test_auc") for k, v in
-                                       e.get("linear_probe", {}).items()}}
-                  for t, e in r["tasks"].items()}} for r in all_results], indent=2))
-  return all_results
-
-
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
   try:
     fractions = [float(f) / 100 for f in _FRACTIONS.value]
-    results = run(_WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
+    from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+    results = runner.evaluate_models(_WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
                   task_names=_TASKS.value, fractions=fractions, data_root=_DATA_ROOT.value,
                   tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value, out=_OUT.value,
                   probe_config=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
@@ -107,7 +61,6 @@ def main(argv) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   print(runner.markdown(results))
   out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value[0]) / "eval")
   print(f"results and plots in {out}/")

@@ -66,10 +66,10 @@ def test_listing(embedded_data):
                               sources.get_source(name, embedded_data / folder).list_records()]
   assert len(counts[("ptbxl", "ptbxl")]) == 240
   assert counts[("cinc", "cpsc2018/wfdb")][:2] == ["A0001", "A0002"]
-  assert len(counts[("cinc", "csn")]) == 11
+  assert len(counts[("cinc", "csn")]) == 14
   assert counts[("ecg_arrhythmia", "csn")] == ["WFDBRecords/01/010/JS00001",
                                                "WFDBRecords/01/010/JS00004"]
-  assert counts[("cpsc_mat", "cpsc2018/original_mat")] == ["A1980", "A1982"]
+  assert counts[("cpsc_mat", "cpsc2018/original_mat")] == ["A1980", "A1982", "A1983"]
   assert counts[("cinc", "cinc_other")] == ["georgia/E07500", "georgia/E07501"]
   walk = counts[("wfdb_dir", "wfdb_samples")]
   # Multi-segment: the record, not its segments.

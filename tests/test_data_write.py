@@ -292,6 +292,6 @@ def test_cli(embedded_data, tmp_path):
   ok = _cli("--source=cinc", f"--input={embedded_data / 'csn'}", f"--output={tmp_path}/ok",
             "--fs=100", "--workers=2", "--noprogress")
   assert ok.returncode == 0, ok.stderr
-  assert "records: 11 listed, 11 written, 0 rejected" in ok.stdout
+  assert "records: 14 listed, 14 written, 0 rejected" in ok.stdout
   sizes = reader.load_info(tmp_path / "ok").split_sizes
-  assert sum(sizes.values()) == 11 and len(sizes) >= 2  # >= 2 shard tasks: the pool ran
+  assert sum(sizes.values()) == 14 and len(sizes) >= 2  # >= 2 shard tasks: the pool ran

@@ -151,3 +151,50 @@ def markdown(all_results: Sequence[dict]) -> str:
             "no positive or no negative test example are left out of the macro mean (see "
             "results.json)."]
   return "\n".join(lines) + "\n"
+
+
+def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions, data_root,
+        tables_root=None, prompts=None, out=None, probe_config=None, batch_size=64,
+        progress=True) -> list[dict]:
+  """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
+
+  Returns:
+    One results dict per model (see `evaluate_encoder`).
+  """
+  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
+
+  unknown = [t for t in task_names if t not in tasks_lib.TASKS]
+  if unknown:
+    raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks_lib.TASKS)}")
+  if not workdirs:
+    raise ValueError("pass at least one --workdir (training workdir or export folder)")
+  if not data_root or not pathlib.Path(data_root).is_dir():
+    raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
+  out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
+  encoders = [inference.load(w, batch_size=batch_size) for w in workdirs]
+  if random_init:
+    first = pathlib.Path(workdirs[0])
+    config = inference.load_config(first / "config.json")
+    encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
+                                          batch_size=batch_size))
+  probe_config = probe_config or linear_probe.ProbeConfig()
+  names = set()
+  all_results = []
+  for enc in encoders:
+    name = enc.name
+    while name in names:
+      name += "_"
+    names.add(name)
+    all_results.append(evaluate_encoder(
+        enc, task_names, fractions, data_root=data_root, tables_root=tables_root,
+        prompts_path=prompts, probe_config=probe_config, out_dir=out / name.replace("/", "_"),
+        progress=progress))
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "summary.md").write_text(markdown(all_results))
+  (out / "summary.json").write_text(json.dumps(
+      [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")),
+        "tasks": {t: {"zero_shot": e.get("zero_shot", {}).get("macro_auc"),
+                      "linear_probe": {k: v.get("test_auc") for k, v in
+                                       e.get("linear_probe", {}).items()}}
+                  for t, e in r["tasks"].items()}} for r in all_results], indent=2))
+  return all_results
