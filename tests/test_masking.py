@@ -22,8 +22,9 @@ def _grid(mask_BxN, config):
 
 def test_counts_tiny_default(config):
   c = masking.ecg_mask_counts(config)
-  # 100 Hz x 10 s, 25-sample patches: 12 x 40 tokens; 3 leads, 10 times, half the rest.
-  assert c == masking.EcgMaskCounts(480, 135, 345, 3, 10, 135)
+  # 100 Hz x 10 s, 50-sample patches: 12 x 20 tokens; 3 leads and 5 times hidden
+  # (3*20 + 5*12 - 3*5 = 105 tokens), then half of the 9 x 15 = 135 left (round(67.5) = 68).
+  assert c == masking.EcgMaskCounts(240, 67, 173, 3, 5, 68)
 
 
 def test_ecg_mask_exact_counts_and_partition(config):
@@ -61,9 +62,9 @@ def test_spatial_and_temporal_structure_exact(config):
 def test_no_ecg_masking(config):
   config = pretrain.get_config("size=tiny,variant=contrastive")
   c = masking.ecg_mask_counts(config)
-  assert (c.num_visible, c.num_masked) == (480, 0)
+  assert (c.num_visible, c.num_masked) == (240, 0)
   m = masking.sample_ecg_mask(jax.random.key(0), 2, config)
-  np.testing.assert_array_equal(m["keep_idx"], np.tile(np.arange(480), (2, 1)))
+  np.testing.assert_array_equal(m["keep_idx"], np.tile(np.arange(240), (2, 1)))
   assert m["masked_idx"].shape == (2, 0) and not np.asarray(m["mask"]).any()
 
 

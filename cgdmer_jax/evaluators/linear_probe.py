@@ -55,6 +55,17 @@ def _bce(params, x, y, w):
   return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+@functools.lru_cache(maxsize=None)
+def _optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
+  # One object per setting, so the jitted epoch (static in `tx`) is not retraced per call.
+  return optax.adamw(lr, weight_decay=weight_decay)
+
+
+@jax.jit
+def _predict(params, x):
+  return x @ params["w"] + params["b"]
+
+
 @functools.partial(jax.jit, static_argnames=("tx",))
 def _epoch(params, opt_state, x_NbxBxD, y_NbxBxC, w_NbxB, tx):
   def step(carry, batch):
@@ -95,10 +106,9 @@ def train_and_score(x_train, y_train, x_val, y_val, x_test, y_test, classes,
   bs = min(config.batch_size, n)
   nb = -(-n // bs)
   rng = np.random.default_rng(config.seed)
-  tx = optax.adamw(config.lr, weight_decay=config.weight_decay)
+  tx = _optimizer(float(config.lr), float(config.weight_decay))
   params = {"w": jnp.zeros((d, c), jnp.float32), "b": jnp.zeros((c,), jnp.float32)}
   opt_state = tx.init(params)
-  predict = jax.jit(lambda p, x: x @ p["w"] + p["b"])
 
   history = []
   for epoch in range(config.epochs):
@@ -109,10 +119,10 @@ def train_and_score(x_train, y_train, x_val, y_val, x_test, y_test, classes,
     params, opt_state, _ = _epoch(params, opt_state, xt[perm].reshape(nb, bs, d),
                                   y_train[perm].astype(np.float32).reshape(nb, bs, c),
                                   w.reshape(nb, bs), tx)
-    val = (auc_lib.macro_auc(y_val, np.asarray(predict(params, xv)), classes) if len(xv)
+    val = (auc_lib.macro_auc(y_val, np.asarray(_predict(params, xv)), classes) if len(xv)
            else None)
     test = auc_lib.macro_auc(np.asarray(y_test).reshape(-1, c),
-                             np.asarray(predict(params, xs)), classes)
+                             np.asarray(_predict(params, xs)), classes)
     history.append((val, test))
 
   val_ok = [v is not None and not np.isnan(v.macro) for v, _ in history]
