@@ -17,7 +17,7 @@ Resume precedence (first that applies wins):
 from __future__ import annotations
 
 import dataclasses
-from absl import logging
+import json
 import os
 import signal
 import threading
@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -175,3 +176,32 @@ class PreemptionWatcher:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+
+class BestKeeper:
+  """Keeps the parameters with the highest validation score in `<workdir>/best/`.
+
+  `best/params` is a params-only checkpoint (like an export's), `best/meta.json` holds the
+  step and the score; the best score survives restarts. Every process calls `update` (the
+  save is collective); only process 0 writes the JSON.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, metric: str):
+    self.dir = epath.Path(workdir) / "best"
+    self.metric = metric
+    self.best = float("-inf")
+    meta = self.dir / "meta.json"
+    if meta.exists():
+      self.best = float(json.loads(meta.read_text())["score"])
+
+  def update(self, step: int, score: float, params: Any) -> bool:
+    """Saves `params` if `score` beats the best so far; returns whether it did."""
+    if not score > self.best:  # also False for nan
+      return False
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(self.dir / "params", params, force=True)
+    if jax.process_index() == 0:
+      (self.dir / "meta.json").write_text(json.dumps(
+          {"step": int(step), "metric": self.metric, "score": float(score)}))
+    self.best = float(score)
+    return True

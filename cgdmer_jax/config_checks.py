@@ -72,5 +72,16 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
            f"config.checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
   _require(config.checkpoint.keep is None or config.checkpoint.keep >= 1,
            f"config.checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
+  best = config.get("best")
+  if best is not None and best.zero_shot_task:
+    from cgdmer_jax.evaluators import tasks  # pylint: disable=g-import-not-at-top
+    _require(best.zero_shot_task in tasks.TASKS,
+             f"config.best.zero_shot_task={best.zero_shot_task!r}; known: {sorted(tasks.TASKS)}")
+    _require(bool(best.data_root), "config.best.zero_shot_task needs config.best.data_root (the "
+             "folder holding the task's records, label tables and merl_zeroshot/)")
+    _require(config.loss.contrastive > 0, "config.best.zero_shot_task needs the contrastive "
+             "term (config.loss.contrastive > 0)")
+    _require(config.eval_every_steps > 0, "config.best.zero_shot_task needs "
+             "config.eval_every_steps > 0")
   _require(config.mesh.data == -1 or config.mesh.data >= 1, "config.mesh.data must be >= 1 or -1")
   _require(config.mesh.fsdp == -1 or config.mesh.fsdp >= 1, "config.mesh.fsdp must be >= 1 or -1")

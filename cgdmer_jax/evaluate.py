@@ -43,6 +43,8 @@ _EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs.")
 _PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "Linear-probe learning rate (AdamW).")
 _PROBE_BATCH = flags.DEFINE_integer("probe_batch_size", 256, "Linear-probe batch size.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "ECGs per encoder call.")
+_STEP = flags.DEFINE_string("step", "latest", "Checkpoint of training workdirs: 'latest', a "
+                            "step number, or 'best' (kept by zero-shot model selection).")
 
 
 def main(argv) -> int:
@@ -57,7 +59,7 @@ def main(argv) -> int:
                   tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value, out=_OUT.value,
                   probe_config=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
                                                         batch_size=_PROBE_BATCH.value),
-                  batch_size=_BATCH.value)
+                  batch_size=_BATCH.value, step=_STEP.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,6 +1,6 @@
 r"""Exports a trained model for inference, without the optimizer state or the training code.
 
-  python -m cgdmer_jax.export --workdir=RUN --out=EXPORT [--dtype=float32|bfloat16] [--step=N]
+  python -m cgdmer_jax.export --workdir=RUN --out=EXPORT [--dtype=float32|bfloat16] [--step=latest|N|best]
 
 The export folder holds:
   params/                   params-only Orbax checkpoint (in --dtype); usable as
@@ -35,7 +35,8 @@ _OUT = flags.DEFINE_string("out", None, "Export folder (created; must not hold a
                            "unless --overwrite).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Stored weights and compute dtype of the exported encoders.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_STEP = flags.DEFINE_string("step", "latest", "Checkpoint: 'latest', a step number, or 'best' "
+                            "(the params kept by zero-shot model selection, config.best).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export in --out.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                                "Platforms the StableHLO is lowered for.")

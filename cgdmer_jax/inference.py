@@ -111,7 +111,14 @@ class Encoder:
     ids, lens = self.tokenize(texts)
     if np.any(lens == 0):
       raise ValueError("cannot embed an empty text")
-    return self._batched(self.text_fn, [ids, lens], "embed text", False)
+    return self.embed_ids(ids, lens)
+
+  def embed_ids(self, ids_NxL: np.ndarray, len_N: np.ndarray) -> dict[str, np.ndarray]:
+    """Embeds already tokenized reports ([N, max_report_len] ids and their lengths)."""
+    if self.text_fn is None:
+      raise ValueError(f"{self.name} has no report tower (variant without text)")
+    return self._batched(self.text_fn, [np.asarray(ids_NxL, np.int32),
+                                        np.asarray(len_N, np.int32)], "embed text", False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +159,25 @@ def live_model(config, params=None, *, seed: int | None = None):
   return graphdef, fresh if params is None else params
 
 
-def from_workdir(workdir: str | os.PathLike, *, step: int | None = None,
+def _checkpoint_target(workdir: pathlib.Path, step: int | str | None) -> pathlib.Path:
+  """Where `step` (None/'latest', an int, or 'best' for best/) of a workdir lives."""
+  if step is None or step == "latest":
+    return workdir
+  if step == "best":
+    return workdir / "best"
+  return workdir / "checkpoints" / str(int(step))
+
+
+def from_workdir(workdir: str | os.PathLike, *, step: int | str | None = None,
                  batch_size: int = 64) -> Encoder:
-  """The trained model of a pretraining workdir (latest checkpoint unless `step`)."""
+  """The trained model of a pretraining workdir.
+
+  Args:
+    workdir: the training workdir.
+    step: None or 'latest' (the latest checkpoint), a step number, or 'best' (the params
+      kept by zero-shot model selection, `config.best`).
+    batch_size: ECGs per encoder call.
+  """
   from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   config_path = workdir / "config.json"
@@ -162,7 +185,7 @@ def from_workdir(workdir: str | os.PathLike, *, step: int | None = None,
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
   config = load_config(config_path)
   graphdef, abstract = live_model(config)
-  target = workdir / "checkpoints" / str(step) if step is not None else workdir
+  target = _checkpoint_target(workdir, step)
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                            abstract)
   params = checkpointing.restore_params(target, abstract, shardings)
@@ -197,12 +220,16 @@ def from_export(export_dir: str | os.PathLike, *, batch_size: int = 64) -> Encod
       name=export_dir.name, batch_size=batch_size)
 
 
-def load(path: str | os.PathLike, **kwargs) -> Encoder:
-  """An export folder or a training workdir, whichever `path` is."""
+def load(path: str | os.PathLike, *, step: int | str | None = None,
+         batch_size: int = 64) -> Encoder:
+  """An export folder or a training workdir (at `step`), whichever `path` is."""
   path = pathlib.Path(path)
   if (path / EXPORT_INFO).is_file():
-    return from_export(path, **kwargs)
-  return from_workdir(path, **kwargs)
+    if step not in (None, "latest"):
+      raise ValueError(f"{path} is an export (one fixed checkpoint): --step={step} applies to "
+                       "training workdirs only")
+    return from_export(path, batch_size=batch_size)
+  return from_workdir(path, step=step, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +237,7 @@ def load(path: str | os.PathLike, **kwargs) -> Encoder:
 
 
 def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
-                 dtype: str = "float32", step: int | None = None,
+                 dtype: str = "float32", step: int | str | None = None,
                  platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"),
                  overwrite: bool = False) -> dict:
   """Writes the export folder described in the module docstring.
@@ -219,7 +246,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
     workdir: a training workdir.
     out: the export folder.
     dtype: 'float32' or 'bfloat16' (weights stored and used in this dtype).
-    step: checkpoint step; None for the latest.
+    step: checkpoint step; None/'latest' for the latest, 'best' for `<workdir>/best`.
     platforms: lowering platforms of the serialized functions.
     overwrite: replace an existing export.
 
@@ -245,8 +272,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
     config.model.dtype = dtype
   graphdef, abstract = live_model(config)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = workdir / "checkpoints" / str(step) if step is not None else workdir
-  step_dir = checkpointing.resolve_step_dir(target)
+  step_dir = checkpointing.resolve_step_dir(_checkpoint_target(workdir, step))
   params = checkpointing.restore_params(step_dir, abstract, jax.tree.map(lambda _: device,
                                                                          abstract))
   store_dtype = jnp.dtype(dtype)
@@ -282,7 +308,10 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   info = {
       "format_version": EXPORT_FORMAT_VERSION, "source_workdir": str(workdir.resolve()),
-      "step": int(step_dir.name) if step_dir.name.isdigit() else None, "dtype": dtype,
+      "step": (int(step_dir.name) if step_dir.name.isdigit()
+               else json.loads((step_dir / "meta.json").read_text())["step"]
+               if (step_dir / "meta.json").is_file() else None),
+      "checkpoint": str(step_dir), "dtype": dtype,
       "platforms": list(platforms), "fs": int(config.data.fs),
       "seconds": float(config.data.seconds), "num_samples": num_samples,
       "leads": list(features.LEADS), "normalize": config.data.normalize,

@@ -11,6 +11,7 @@ Exit status: 0 on success or after a clean preemption save, 1 on an error (messa
 
 from __future__ import annotations
 
+import logging as logging_std
 import os
 import sys
 
@@ -35,6 +36,15 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops the INFO chatter of Orbax and TFDS (one line per file operation); keeps warnings."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.levelno >= logging_std.WARNING:
+      return True
+    return not any(s in record.pathname for s in ("/orbax/", "/tensorflow_datasets/", "/etils/"))
+
+
 def _is_multiprocess_env() -> bool:
   if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
     return True
@@ -47,6 +57,7 @@ def main(argv) -> int:
   del argv
   # TensorFlow is only the input pipeline: keep it off the accelerators.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
 
   if _MULTIPROCESS.value == "on" or (_MULTIPROCESS.value == "auto" and _is_multiprocess_env()):

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-from absl import logging
 import math
 import pathlib
 import time
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 import ml_collections
 import numpy as np
 import optax
@@ -247,7 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   config_checks.check(config)
-  apply_dataset_info(config, reader.load_info(config.data.dir))
+  info = reader.load_info(config.data.dir)
+  apply_dataset_info(config, info)
   write_config(config, workdir)
 
   mesh = sharding.make_mesh(config)
@@ -264,6 +265,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                resumed.source, dict(mesh.shape), mesh.size, jax.process_count())
 
   eval_step = jax.jit(make_eval_step(s.graphdef, config))
+  scorer = keeper = None
+  if config.get("best") and config.best.zero_shot_task:
+    from cgdmer_jax.evaluators import val_zero_shot  # pylint: disable=g-import-not-at-top
+    scorer = val_zero_shot.ValZeroShot(config, s.graphdef, task=config.best.zero_shot_task,
+                                       data_root=config.best.data_root,
+                                       tokenizer_path=info.tokenizer_path)
+    keeper = checkpointing.BestKeeper(workdir, f"val zero-shot AUC {config.best.zero_shot_task}")
+    logging.info("model selection on %s: %d of %d val ECGs", config.best.zero_shot_task,
+                 scorer.num_records, scorer.num_listed)
   writer = metrics_lib.MetricWriter(workdir)
   window = metrics_lib.WindowMean()
   progress = metrics_lib.Progress(step, config.total_steps)
@@ -320,6 +330,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.eval_every_steps and (step % config.eval_every_steps == 0
                                         or step == config.total_steps):
           val = evaluate_loss(state["params"], eval_step, config, mesh, config.data.val_split)
+          if scorer is not None:
+            val["val/zero_shot_auc"] = scorer(state["params"])
+            if keeper.update(step, val["val/zero_shot_auc"], state["params"]):
+              logging.info("step %d: best %s so far (%.4f), saved to %s", step, keeper.metric,
+                           keeper.best, keeper.dir)
           writer.write(step, val)
           last_logged.update(val)
         if watcher.reached(step) and step < config.total_steps:

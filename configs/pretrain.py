@@ -85,6 +85,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh.data = -1
   config.mesh.fsdp = 1
 
+  # Model selection: at every eval, the zero-shot macro AUC on a MERL task's val split (e.g.
+  # 'ptbxl_super' with data_root holding ptbxl/ and merl_zeroshot/); the best parameters are
+  # kept in <workdir>/best/. Off when zero_shot_task is ''.
+  config.best = ml_collections.ConfigDict()
+  config.best.zero_shot_task = ""
+  config.best.data_root = ml_collections.config_dict.placeholder(str)
+
   config.log_every_steps = 50 if args.size != "tiny" else 10
   config.eval_every_steps = 1_000 if args.size != "tiny" else 200
   config.eval_steps = 0  # 0: the whole val split

@@ -11,6 +11,7 @@ from cgdmer_jax import config_checks
 from cgdmer_jax import sharding
 from cgdmer_jax import train
 from configs import pretrain
+from tests import conftest
 
 
 def tiny_config(data_dir, **overrides):
@@ -66,7 +67,9 @@ def test_bad_config_fails_before_compiling(tmp_path, ptbxl_tfrecords):
 def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords):
   assert jax.device_count() == 8
   workdir = tmp_path / "run"
-  config = tiny_config(ptbxl_tfrecords, eval_every_steps=40)
+  config = tiny_config(ptbxl_tfrecords, eval_every_steps=40,
+                       **{"best.zero_shot_task": "ptbxl_super",
+                          "best.data_root": str(conftest.EMBEDDED)})
   out = train.train_and_evaluate(config, str(workdir))
   rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert rows[0]["step"] == 5 and rows[-1]["step"] == 40
@@ -75,6 +78,11 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
               "grad_norm", "examples_per_s", "step_time_s"):
     assert key in rows[-1], key
   assert "val/loss" in out and np.isfinite(out["val/loss"])
+  # Zero-shot model selection on the val split kept the best parameters.
+  assert 0.0 <= out["val/zero_shot_auc"] <= 1.0
+  best = json.loads((workdir / "best" / "meta.json").read_text())
+  assert best["step"] == 40 and best["score"] == pytest.approx(out["val/zero_shot_auc"])
+  assert (workdir / "best" / "params").is_dir()
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [20, 40]
   assert (workdir / "config.json").exists()

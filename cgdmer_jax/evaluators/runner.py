@@ -153,9 +153,9 @@ def markdown(all_results: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions, data_root,
-        tables_root=None, prompts=None, out=None, probe_config=None, batch_size=64,
-        progress=True) -> list[dict]:
+def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
+                    data_root, tables_root=None, prompts=None, out=None, probe_config=None,
+                    batch_size=64, progress=True, step=None) -> list[dict]:
   """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
 
   Returns:
@@ -171,7 +171,7 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   if not data_root or not pathlib.Path(data_root).is_dir():
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
   out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
-  encoders = [inference.load(w, batch_size=batch_size) for w in workdirs]
+  encoders = [inference.load(w, step=step, batch_size=batch_size) for w in workdirs]
   if random_init:
     first = pathlib.Path(workdirs[0])
     config = inference.load_config(first / "config.json")
