@@ -4,6 +4,7 @@ Usage:
   python -m data_pipelines.build --source=ptbxl --input=/data/ptbxl --output=/data/ptbxl_100 \
       --fs=100 [--seconds=10] [--shards=0] [--vocab_size=8000] [--tokenizer=PATH] \
       [--max_report_len=128] [--min_leads=12] [--workers=0] ...
+  python -m data_pipelines.build ... --runner=beam [--beam_options="--runner=FlinkRunner ..."]
 
 The output folder holds `cgdmer_ecg-<split>.tfrecord-NNNNN-of-NNNNN` shards, the TFDS
 metadata (`tfds.builder_from_directory(output)` loads it), `manifest.csv` (one row per input
@@ -15,7 +16,7 @@ Exit status: 0 converted (some records may be rejected: see the summary and mani
 or --help;
 1 the conversion failed (a worker died, disk full...; rerun to resume); 2 bad usage (unknown
 flag value, missing input folder, input not in the source's layout, output holds a different
-build without --overwrite).
+build without --overwrite, --runner=beam without Apache Beam installed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from absl import logging
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from data_pipelines import beam_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import write  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -78,7 +80,17 @@ _PTBXL_HR = flags.DEFINE_bool(
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a different earlier build in --output (only this tool's "
     "files are deleted).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (local runner).")
+_RUNNER = flags.DEFINE_enum(
+    "runner", "local", ["local", "beam"], "Conversion engine. local: a process pool on this "
+    "machine (--workers); beam: an Apache Beam pipeline, one element per shard (needs "
+    "pip install -e '.[beam]'; every worker must see --input and --output under the same "
+    "local path). Everything else, resumption included, is the same.")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_options", "", "With --runner=beam: Beam pipeline flags, shell-quoted, e.g. "
+    "\"--direct_running_mode=multi_processing --direct_num_workers=8\" or "
+    "\"--runner=FlinkRunner --flink_master=host:8081 ...\"; empty: Beam's DirectRunner "
+    "with its defaults. See docs/DATA.md.")
 
 
 def config_from_flags() -> write.BuildConfig:
@@ -90,7 +102,8 @@ def config_from_flags() -> write.BuildConfig:
       shards=_SHARDS.value, vocab_size=_VOCAB.value, tokenizer=_TOKENIZER.value,
       max_report_len=_MAX_REPORT_LEN.value, workers=_WORKERS.value, split_mode=_SPLIT.value,
       val_fraction=_VAL.value, test_fraction=_TEST.value, ptbxl_hr=_PTBXL_HR.value,
-      overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
+      overwrite=_OVERWRITE.value, progress=_PROGRESS.value, runner=_RUNNER.value,
+      beam_options=_BEAM_OPTIONS.value)
 
 
 def main(argv) -> int:
@@ -103,7 +116,7 @@ def main(argv) -> int:
     return 2
   try:
     summary = write.build(config)
-  except (sources.LayoutError, FileExistsError) as e:
+  except (sources.LayoutError, FileExistsError, beam_runner.BeamNotInstalledError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except ValueError as e:

@@ -9,9 +9,10 @@
 3. **Plan check**: a fingerprint of everything that decides the output bytes (config, input,
    tokenizer, the records of every shard) is kept in `_build/plan.json`. Rerunning with the
    same plan resumes; a different plan in a non-empty output is refused unless --overwrite.
-4. **Convert** pending shards, one task per shard, on a process pool (`shard_worker`):
-   completed shards (manifest part present) are skipped, so an interrupted run continues
-   where it stopped and a finished one does nothing but rewrite identical metadata.
+4. **Convert** pending shards, one task per shard, on a process pool (`shard_worker`), or
+   with `runner="beam"` as a Beam pipeline (`beam_runner`): completed shards (manifest part
+   present) are skipped, so an interrupted run continues where it stopped and a finished one
+   does nothing but rewrite identical metadata.
 5. **Metadata** (`metadata`): manifest.csv, TFDS dataset_info.json/features.json,
    build_info.json last.
 
@@ -70,6 +71,8 @@ class BuildConfig:
   ptbxl_hr: bool = False
   overwrite: bool = False
   progress: bool = True
+  runner: str = "local"
+  beam_options: str = ""
 
 
 @dataclasses.dataclass
@@ -229,8 +232,21 @@ def _start_method() -> str:
   return "spawn" if "tensorflow" in sys.modules else "fork"
 
 
-def _run(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> int:
-  """Converts the pending shards; returns the number of records converted."""
+def _runner(config: BuildConfig):
+  """`run(spec, pending) -> records converted` of `config.runner`, checked before any work."""
+  if config.runner == "local":
+    return lambda spec, pending: _run_local(config, spec, pending)
+  if config.runner != "beam":
+    raise ValueError(f"unknown runner {config.runner!r} (local or beam)")
+  from data_pipelines import beam_runner  # pylint: disable=g-import-not-at-top
+  if config.workers:
+    logging.warning("--workers is ignored with --runner=beam: parallelism is the Beam "
+                    "runner's (e.g. --beam_options='--direct_num_workers=N').")
+  return beam_runner.make_runner(config.beam_options)
+
+
+def _run_local(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> int:
+  """Converts the pending shards on a process pool; returns the number of records converted."""
   workers = config.workers or len(os.sched_getaffinity(0))
   total = sum(len(t.refs) for t in pending)
   bar = tqdm.tqdm(total=total, unit="rec", disable=not config.progress or not pending,
@@ -278,8 +294,12 @@ def build(config: BuildConfig) -> Summary:
     FileExistsError: the output holds a different build and `overwrite` is False.
     ValueError: bad options, duplicate record ids, untrainable tokenizer.
     RuntimeError: a worker process died (rerun to resume).
+    beam_runner.BeamNotInstalledError: `runner="beam"` without apache_beam.
   """
   start = time.perf_counter()
+  if config.beam_options and config.runner != "beam":
+    raise ValueError("beam_options are only used with runner='beam'")
+  run = _runner(config)
   if not 2 <= config.max_report_len:
     raise ValueError("max_report_len must be >= 2 (bos and eos)")
   if not 1 <= config.signal.min_leads <= features.NUM_LEADS:
@@ -313,7 +333,7 @@ def build(config: BuildConfig) -> Summary:
       output=str(out))
   pending = [t for t in tasks if not shard_worker.is_complete(out, t)]
   mark = time.perf_counter()
-  converted = _run(config, spec, pending)
+  converted = run(spec, pending)
   stages["convert"] = time.perf_counter() - mark
   mark = time.perf_counter()
 
