@@ -32,6 +32,12 @@ from jax.experimental import multihost_utils
 ITEMS = ("params", "opt_state", "meta")
 
 
+def _path(path: str | os.PathLike) -> epath.Path:
+  """Orbax needs absolute paths: local paths are made absolute, URLs (gs://...) kept."""
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def _abstract(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
@@ -42,7 +48,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
                async_save: bool = True):
-    self.directory = epath.Path(directory)
+    self.directory = _path(directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, int(every_steps)), max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save)
@@ -86,7 +92,7 @@ def resolve_step_dir(path: str | os.PathLike) -> epath.Path:
   Raises:
     FileNotFoundError: if no complete checkpoint is found there.
   """
-  path = epath.Path(path)
+  path = _path(path)
   if (path / "params").exists():
     return path
   for root in (path / "checkpoints", path):
@@ -187,7 +193,7 @@ class BestKeeper:
   """
 
   def __init__(self, workdir: str | os.PathLike, metric: str):
-    self.dir = epath.Path(workdir) / "best"
+    self.dir = _path(workdir) / "best"
     self.metric = metric
     self.best = float("-inf")
     meta = self.dir / "meta.json"

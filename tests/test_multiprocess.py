@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 def _main_cmd(workdir, data_dir, *extra):
-  return [sys.executable, "-m", "cgdmer_jax.main", "--config=configs/pretrain.py:size=tiny",
+  return [sys.executable, "-m", "cgdmer_jax.main", f"--config={REPO}/configs/pretrain.py:size=tiny",
           f"--workdir={workdir}", f"--config.data.dir={data_dir}",
           "--config.data.batch_size=16", "--config.data.shuffle_buffer=64",
           "--config.optim.warmup_steps=5", "--config.eval_every_steps=0",
@@ -88,9 +88,10 @@ def _checkpoints(workdir):
 
 
 def test_sigterm_saves_current_step_and_sigkill_resumes_last_interval(tmp_path, ptbxl_tfrecords):
+  # A relative --workdir (run from tmp_path), as a user would type it.
   workdir = tmp_path / "pre"
   common = ("--config.total_steps=10000", "--config.checkpoint.every_steps=5")
-  proc = subprocess.Popen(_main_cmd(workdir, ptbxl_tfrecords, *common), cwd=REPO, env=_env(8),
+  proc = subprocess.Popen(_main_cmd("pre", ptbxl_tfrecords, *common), cwd=tmp_path, env=_env(8),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   _wait_for(lambda: max(_logged_steps(workdir), default=0) >= 7, proc)
   proc.send_signal(signal.SIGTERM)
@@ -101,7 +102,7 @@ def test_sigterm_saves_current_step_and_sigkill_resumes_last_interval(tmp_path, 
   assert stopped >= 7 and max(_checkpoints(workdir)) == stopped
 
   # The next start resumes exactly there; SIGKILL it after one more interval checkpoint.
-  proc = subprocess.Popen(_main_cmd(workdir, ptbxl_tfrecords, *common), cwd=REPO, env=_env(8),
+  proc = subprocess.Popen(_main_cmd("pre", ptbxl_tfrecords, *common), cwd=tmp_path, env=_env(8),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   next_interval = (stopped // 5 + 1) * 5
   _wait_for(lambda: next_interval in _checkpoints(workdir)
@@ -114,7 +115,7 @@ def test_sigterm_saves_current_step_and_sigkill_resumes_last_interval(tmp_path, 
   assert last % 5 == 0 and last < killed_at
 
   # After SIGKILL the next start resumes from the last complete interval checkpoint.
-  out = subprocess.run(_main_cmd(workdir, ptbxl_tfrecords, *common, "--config.steps_per_run=1"),
-                       cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+  out = subprocess.run(_main_cmd("pre", ptbxl_tfrecords, *common, "--config.steps_per_run=1"),
+                       cwd=tmp_path, env=_env(8), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   assert f"starting at step {last} (workdir)" in out.stdout + out.stderr
