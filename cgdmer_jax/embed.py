@@ -28,6 +28,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _MODEL = flags.DEFINE_string("model", None, "Export folder (cgdmer_jax.export) or training "
                              "workdir.")
@@ -119,6 +120,8 @@ def index_path(out: pathlib.Path) -> pathlib.Path:
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
   from data_pipelines import locate  # pylint: disable=g-import-not-at-top

@@ -23,6 +23,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _WORKDIR = flags.DEFINE_list("workdir", [], "Training workdirs and/or export folders.")
 _RANDOM = flags.DEFINE_bool("random_init", False, "Also evaluate a randomly initialised "
@@ -50,6 +51,8 @@ _STEP = flags.DEFINE_string("step", "latest", "Checkpoint of training workdirs: 
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
   try:
     fractions = [float(f) / 100 for f in _FRACTIONS.value]

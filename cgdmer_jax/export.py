@@ -29,6 +29,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
 _OUT = flags.DEFINE_string("out", None, "Export folder (created; must not hold another export "
@@ -44,6 +45,8 @@ _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
   try:
     info = inference.export_model(_WORKDIR.value, _OUT.value, dtype=_DTYPE.value, step=_STEP.value,

@@ -42,7 +42,8 @@ class _QuietLibraries(logging_std.Filter):
   def filter(self, record: logging_std.LogRecord) -> bool:
     if record.levelno >= logging_std.WARNING:
       return True
-    return not any(s in record.pathname for s in ("/orbax/", "/tensorflow_datasets/", "/etils/"))
+    return not any(s in record.pathname for s in ("/orbax/", "/tensorflow_datasets/", "/etils/",
+                                                  "xla_bridge"))
 
 
 def _is_multiprocess_env() -> bool:

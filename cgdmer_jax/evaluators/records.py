@@ -93,7 +93,7 @@ class FeatureCache:
 
     for loc, canon, reason in tqdm(self.reader.read_many(todo), total=len(todo),
                                    desc=f"embed {self.encoder.name}", unit="rec",
-                                   disable=not self.progress or not todo):
+                                   disable=not self.progress or len(todo) < 256):
       if canon is None:
         self._feats[loc.path] = reason
         continue
