@@ -2,7 +2,9 @@
 
 All losses are computed in float32 on the full (global) batch. Under `jax.jit` with the batch
 sharded on the `data` mesh axis XLA inserts the collectives itself (e.g. the [B, B] SigLIP
-logits need every device's embeddings), so the code is the same on 1 or 512 devices.
+logits need every device's embeddings), so the code is the same on 1 or 512 devices. For
+global batches where the gathered logits do not fit, `config.loss.siglip_impl='chunked'`
+computes SigLIP block by block around a device ring (`siglip_chunked.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from cgdmer_jax import siglip_chunked
 
 
 def _weighted_mean(x_BxK: jax.Array, w_BxK: jax.Array) -> jax.Array:
@@ -146,7 +150,8 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
                                            masks["text"]["weights"] * text_ok_B[:, None])
     loss += w.text * metrics["loss/text"]
   if w.contrastive > 0:
-    metrics["loss/contrastive"] = siglip_loss(
+    siglip = siglip_chunked.siglip(config.loss.get("siglip_impl", "all_gather"))
+    metrics["loss/contrastive"] = siglip(
         outputs["ecg/embedding"], outputs["text/embedding"],
         jnp.log(outputs["siglip/temperature"]), outputs["siglip/bias"], text_ok_B)
     metrics["siglip/temperature"] = outputs["siglip/temperature"]

@@ -122,8 +122,9 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.norm_patch_target = True
   # Compute dtype ('float32' | 'bfloat16'); parameters, norms, softmax and losses stay float32.
   m.dtype = "float32"
-  # jax.nn.dot_product_attention implementation: 'auto' (cuDNN flash attention on GPU with
-  # bfloat16, XLA otherwise), 'xla' or 'cudnn'.
+  # Attention: 'xla' / 'cudnn' (jax.nn.dot_product_attention), 'einsum' (models/layers.py:
+  # same math, hand-written backward; faster on CPU) or 'auto' (cuDNN flash attention on GPU
+  # with bfloat16, 'einsum' on CPU, 'xla' otherwise).
   m.attention = "auto"
   # Width of the modality-shared encoder; 0 = ecg_width. A tower of another width enters it
   # through its own linear adapter.
@@ -131,6 +132,11 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # Layers under lax.scan (one compiled block per stack) and optional rematerialisation.
   m.scan_layers = True
   m.remat = False
+  # Run the batch in this many sequential chunks inside the step, forward + backward per chunk
+  # (objective._chunked_loss): same loss and gradients, 1/n of the activation memory, and on
+  # CPU better cache use (docs/PERFORMANCE.md). Only for per-example losses (ecg_mask_only, or
+  # masked-token terms without SigLIP and disentanglement); 1 = off.
+  m.batch_chunks = 1
   # SigLIP initial temperature (log) and bias, from the SigLIP paper: t'=log 10, b=-10.
   m.siglip_init_log_temp = 2.302585
   m.siglip_init_bias = -10.0

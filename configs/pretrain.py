@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = 256 if args.size != "tiny" else 32   # global batch
   config.data.eval_batch_size = 256 if args.size != "tiny" else 64
   config.data.shuffle_buffer = 10_000 if args.size != "tiny" else 1_000
+  # Global batches built this many steps ahead on a background thread (train.device_batches),
+  # so reading and the host-to-device copy overlap the running step; 0 = on demand.
+  config.data.prefetch = 2
   # 'zscore': per record and lead over the valid samples; 'none': millivolts as stored.
   config.data.normalize = "zscore"
   config.data.train_split = "train"
@@ -63,6 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   for k in ("ecg", "text", "contrastive", "disentangle"):
     config.loss[k] = variant[k]
+  # SigLIP on the global batch: 'all_gather' (XLA gathers the report embeddings, each device
+  # holds a [B/devices, B] logits block; simplest, fine up to a few thousand) or 'chunked'
+  # (a ring of ppermutes, one [B/devices, B/devices] block at a time: for global batches of
+  # tens of thousands; see cgdmer_jax/siglip_chunked.py). Same loss and gradients.
+  config.loss.siglip_impl = "all_gather"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 3e-4 if args.size != "tiny" else 1e-3

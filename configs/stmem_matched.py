@@ -5,6 +5,7 @@ Usage:
 
 Config arg keys (after `:`): size (tiny|small|base: ST-MEM encoder widths 192/12/3,
 384/12/6, 768/12/12; ST-MEM has no tiny, the peer harness defines it), batch (default 32).
+Side by side with ST-MEM's own step: `python -m cgdmer_jax.stmem_compare` (same sizes).
 
 Matched to `/work/shared/peers/st_mem_throughput.py` (ST-MEM's own pretraining step): 2250
 samples (250 Hz x 9 s), patch 75 (30 patches per lead, 360 tokens), token masking only at
@@ -54,4 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mask.token_ratio = 0.75
   # ST-MEM's pretraining optimizer betas (the learning rate does not change the step time).
   config.optim.b1, config.optim.b2 = 0.9, 0.95
+  # How our step runs on a CPU, not what it computes (docs/PERFORMANCE.md has the ratios):
+  # unrolled layers, 8 sequential chunks of 4 examples inside the step (same loss and
+  # gradients), einsum attention ('auto' on CPU).
+  m.scan_layers = False
+  m.batch_chunks = 8
+  m.attention = "auto"
   return config

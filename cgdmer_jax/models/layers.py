@@ -1,7 +1,8 @@
 """Transformer building blocks shared by every tower.
 
-Owns: compute-dtype lookup, fixed sin-cos positions, multi-head self-attention through
-`jax.nn.dot_product_attention`, the pre-norm block, layer stacks (scanned with one compiled
+Owns: compute-dtype lookup, fixed sin-cos positions, multi-head self-attention (through
+`jax.nn.dot_product_attention`, or our einsum form with a hand-written backward), the pre-norm
+block, layer stacks (scanned with one compiled
 block, or unrolled; optionally rematerialised), the small LayerNorm+Dense head used where a
 stack has depth 0, and masked mean pooling.
 
@@ -34,17 +35,89 @@ def compute_dtype(name: str) -> jnp.dtype:
   return DTYPES[name]
 
 
-def attention_impl(name: str, dtype: jnp.dtype) -> str | None:
-  """`implementation` for `jax.nn.dot_product_attention` from `model.attention`.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
 
-  'auto' picks cuDNN flash attention on GPU for 16-bit compute (cuDNN has no float32 kernel)
-  and XLA otherwise; 'xla' / 'cudnn' force one.
+
+def attention_impl(name: str, dtype: jnp.dtype) -> str:
+  """The attention implementation of `model.attention`.
+
+  'xla' / 'cudnn' are `jax.nn.dot_product_attention`'s implementations; 'einsum' is
+  `einsum_attention` (same math, leaner backward; measured faster on CPU, docs/PERFORMANCE.md).
+  'auto' picks cuDNN flash attention on GPU for 16-bit compute (cuDNN has no float32 kernel),
+  'einsum' on CPU and 'xla' otherwise.
   """
   if name == "auto":
-    return "cudnn" if jax.default_backend() == "gpu" and dtype == jnp.bfloat16 else "xla"
-  if name not in ("xla", "cudnn"):
-    raise ValueError(f"unknown model.attention {name!r}; known: auto, xla, cudnn")
+    backend = jax.default_backend()
+    if backend == "gpu" and dtype == jnp.bfloat16:
+      return "cudnn"
+    return "einsum" if backend == "cpu" else "xla"
+  if name not in ATTENTION_IMPLS:
+    raise ValueError(f"unknown model.attention {name!r}; known: {ATTENTION_IMPLS}")
   return name
+
+
+def _attention_probs(q_BxQxHxK, k_BxSxHxK, kv_len_B, scale):
+  """float32 softmax(q.k * scale) over the keys, keys at or after `kv_len` excluded: [B,H,Q,S]."""
+  logits = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK,
+                      preferred_element_type=jnp.float32) * scale
+  if kv_len_B is not None:
+    key_ok = jnp.arange(logits.shape[-1])[None, None, None, :] < kv_len_B[:, None, None, None]
+    # Finite, as in jax.nn.dot_product_attention, so a row with no key is uniform, not NaN.
+    logits = jnp.where(key_ok, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
+  logits = logits - jnp.max(logits, axis=-1, keepdims=True)
+  e = jnp.exp(logits)
+  return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _attention_out(p_BxHxQxS, v_BxSxHxK):
+  return jnp.einsum("bhqs,bshk->bqhk", p_BxHxQxS.astype(v_BxSxHxK.dtype), v_BxSxHxK,
+                    preferred_element_type=jnp.float32).astype(v_BxSxHxK.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def einsum_attention(q_BxQxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+                     kv_len_B: jax.Array | None, scale: float) -> jax.Array:
+  """Softmax attention, `jax.nn.dot_product_attention`'s math, with a hand-written backward.
+
+  Autodiff of the softmax keeps several [B, H, Q, S] arrays for the backward pass and walks
+  them more often than needed; XLA:CPU is bound by that memory traffic. The backward here
+  keeps only the probabilities P and uses flash attention's identity
+  rowsum(dP * P) = rowsum(dO * O) (Dao et al. 2022), so dS = P * (dP - rowsum(dO * O)) costs
+  one pass over [B, H, Q, S].
+
+  Args:
+    q_BxQxHxK, k_BxSxHxK, v_BxSxHxK: queries, keys, values (compute dtype).
+    kv_len_B: int keys per row before padding, or None for all.
+    scale: logit scale (1 / sqrt(head size)).
+
+  Returns:
+    [B, Q, H, K] in the dtype of v.
+  """
+  return _attention_out(_attention_probs(q_BxQxHxK, k_BxSxHxK, kv_len_B, scale), v_BxSxHxK)
+
+
+def _einsum_attention_fwd(q, k, v, kv_len, scale):
+  p = _attention_probs(q, k, kv_len, scale)
+  o = _attention_out(p, v)
+  return o, (q, k, v, kv_len, p, o)
+
+
+def _einsum_attention_bwd(scale, res, do_BxQxHxK):
+  q, k, v, kv_len, p_BxHxQxS, o_BxQxHxK = res
+  dt = q.dtype
+  f32 = dict(preferred_element_type=jnp.float32)
+  dv = jnp.einsum("bhqs,bqhk->bshk", p_BxHxQxS.astype(dt), do_BxQxHxK, **f32).astype(v.dtype)
+  dp_BxHxQxS = jnp.einsum("bqhk,bshk->bhqs", do_BxQxHxK, v, **f32)
+  rowsum_BxHxQ = jnp.einsum("bqhk,bqhk->bhq", do_BxQxHxK.astype(jnp.float32),
+                            o_BxQxHxK.astype(jnp.float32))
+  ds = (p_BxHxQxS * (dp_BxHxQxS - rowsum_BxHxQ[..., None]) * scale).astype(dt)
+  dq = jnp.einsum("bhqs,bshk->bqhk", ds, k, **f32).astype(q.dtype)
+  dk = jnp.einsum("bhqs,bqhk->bshk", ds, q, **f32).astype(k.dtype)
+  dlen = None if kv_len is None else np.zeros(kv_len.shape, jax.dtypes.float0)
+  return dq, dk, dv, dlen
+
+
+einsum_attention.defvjp(_einsum_attention_fwd, _einsum_attention_bwd)
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,8 +161,12 @@ class Attention(nnx.Module):
     B, N, D = x_BxNxD.shape
     qkv_BxNx3xHxK = self.qkv(x_BxNxD).reshape(B, N, 3, self.heads, D // self.heads)
     q, k, v = (qkv_BxNx3xHxK[:, :, i] for i in range(3))
-    o_BxNxHxK = jax.nn.dot_product_attention(
-        q, k, v, key_value_seq_lengths=kv_len_B, implementation=self.impl)
+    if self.impl == "einsum":
+      kv_len_B = None if kv_len_B is None else kv_len_B.astype(jnp.int32)
+      o_BxNxHxK = einsum_attention(q, k, v, kv_len_B, (D // self.heads) ** -0.5)
+    else:
+      o_BxNxHxK = jax.nn.dot_product_attention(
+          q, k, v, key_value_seq_lengths=kv_len_B, implementation=self.impl)
     return self.out(o_BxNxHxK.reshape(B, N, D))
 
 

@@ -1,0 +1,246 @@
+"""FLOPs of one training step: an analytic count from the config, XLA's count, and MFU.
+
+Owns three things the benchmark reports:
+  - `analytic_step_flops(config, batch)`: the matrix-multiply FLOPs of forward + backward
+    (2 FLOPs per multiply-add), written out layer by layer from the config;
+  - `xla_step_flops(config, mesh, batch)`: XLA's `cost_analysis()` of the compiled step. XLA
+    counts a `while` body once, not once per trip, so a scanned layer stack (or a gradient
+    accumulation loop) would be undercounted; the count is therefore taken from a twin of the
+    step with the same math but layers unrolled (`scan_layers=False`), no rematerialisation
+    (model FLOPs, as in MFU, exclude recomputation) and XLA attention (a cuDNN custom call has
+    no cost model). XLA also counts element-wise work (norms, softmax, GELU, the optimizer)
+    that the analytic count leaves out (a few percent at our sizes, ~10% at the 64-wide
+    test size); the dots of the compiled program alone (`hlo_dot_flops`) match it closely;
+  - the peak FLOP/s of known accelerators and MFU = achieved model FLOP/s / peak.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import ml_collections
+
+from cgdmer_jax import masking
+from cgdmer_jax.models import cgdmer, disentangle
+
+# Dense peak per device (one GPU, one TPU chip) in TFLOP/s, for the matmul precision each
+# `model.dtype` gets by default: bfloat16 on tensor cores / MXUs; float32 under JAX's default
+# precision is TF32 on NVIDIA tensor cores and bfloat16 passes on TPU MXUs. Vendor data
+# sheets, no sparsity. Matched by lower-case substring of `device.device_kind`, first hit wins.
+PEAK_TFLOPS = (
+    # (device_kind substring, bfloat16, float32)
+    ("h100 pcie", 756.0, 378.0),
+    ("h100", 989.4, 494.7),      # SXM / NVL report "NVIDIA H100 80GB HBM3" etc.
+    ("h200", 989.4, 494.7),
+    ("a100", 312.0, 156.0),
+    ("tpu v4", 275.0, 275.0),
+    ("tpu v5 lite", 197.0, 197.0),  # v5e
+    ("tpu v5e", 197.0, 197.0),
+    ("tpu v5p", 459.0, 459.0),
+    ("tpu v5", 459.0, 459.0),    # v5p reports "TPU v5"
+    ("tpu v6 lite", 918.0, 918.0),  # v6e (Trillium)
+)
+
+
+def peak_flops_per_device(device_kind: str, dtype: str,
+                          override_tflops: float = 0.0) -> float | None:
+  """Peak FLOP/s of one device for `dtype` ('bfloat16' | 'float32'), or None when unknown.
+
+  Args:
+    device_kind: `jax.devices()[0].device_kind`.
+    dtype: `config.model.dtype`.
+    override_tflops: a user-given peak in TFLOP/s (`--peak_tflops`); wins when > 0.
+
+  Returns:
+    FLOP/s, or None (e.g. on CPU without an override).
+  """
+  if override_tflops > 0:
+    return override_tflops * 1e12
+  kind = device_kind.lower()
+  for key, bf16, f32 in PEAK_TFLOPS:
+    if key in kind:
+      return (bf16 if dtype == "bfloat16" else f32) * 1e12
+  return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic count.
+
+
+def _dense(tokens: float, d_in: int, d_out: int) -> float:
+  return 2.0 * tokens * d_in * d_out
+
+
+def _block(batch: float, seq: int, width: int, mlp_ratio: int) -> float:
+  """Forward FLOPs of one pre-norm block over `batch` sequences of `seq` tokens."""
+  tokens = batch * seq
+  proj = _dense(tokens, width, 3 * width) + _dense(tokens, width, width)
+  mlp = 2 * _dense(tokens, width, mlp_ratio * width)
+  attention = 2 * 2.0 * batch * seq * seq * width  # q.k scores and p.v, all heads
+  return proj + mlp + attention
+
+
+def _token_encoder(batch: float, seq: int, width_in: int, width: int, depth: int,
+                   mlp_ratio: int) -> float:
+  """`disentangle.token_encoder`: depth blocks, or LayerNorm + Dense at depth 0."""
+  if depth == 0:
+    return _dense(batch * seq, width_in, width)
+  return depth * _block(batch, seq, width, mlp_ratio)
+
+
+def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, float]:
+  """Matmul FLOPs of one training step (forward + backward) on a global batch.
+
+  The backward of a matmul costs twice its forward (input and weight gradients), except where
+  the input needs no gradient (the ECG patch projection reads data: weight gradient only).
+  Per-token element-wise work and the optimizer are not counted.
+
+  Args:
+    config: full config.
+    batch_size: global batch B.
+
+  Returns:
+    dict of forward FLOPs per part (`ecg backbone`, `ecg disentangle`, `ecg decoder`,
+    `text backbone`, `text disentangle`, `text head`, `heads and losses`) plus `forward` and
+    `total` (forward + backward).
+  """
+  m = config.model
+  br = cgdmer.branches(config)
+  B = float(batch_size)
+  counts = masking.ecg_mask_counts(config)
+  N, V, M = counts.num_tokens, counts.num_visible, counts.num_masked
+  S, De, r = disentangle.shared_width(m), m.ecg_width, m.mlp_ratio
+  fwd: dict[str, float] = {}
+  patch = _dense(B * V, m.patch_size, De)
+  fwd["ecg backbone"] = patch + m.ecg_depth * _block(B, V, De, r)
+  ecg_dis = _token_encoder(B, V, S, S, m.shared_depth, r)
+  ecg_dis += _token_encoder(B, V, De, De, m.specific_depth, r)
+  if De != S:
+    ecg_dis += _dense(B * V, De, S)
+  ecg_dis += 2.0 * B * V * (S + De)  # masked-mean pooling (an einsum)
+  fwd["ecg disentangle"] = ecg_dis
+  if br["ecg_decoder"]:
+    W = m.dec_width
+    fwd["ecg decoder"] = (_dense(B * V, S + De, W) + m.dec_depth * _block(B, N, W, r)
+                          + _dense(B * M, W, m.patch_size))
+  heads = 0.0
+  if br["text"]:
+    L, Dt = m.max_report_len, m.text_width
+    fwd["text backbone"] = m.text_depth * _block(B, L, Dt, r)
+    txt_dis = _token_encoder(B, L, S, S, m.shared_depth, r)
+    txt_dis += _token_encoder(B, L, Dt, Dt, m.specific_depth, r)
+    if Dt != S:
+      txt_dis += _dense(B * L, Dt, S)
+    txt_dis += 2.0 * B * L * (S + Dt)
+    fwd["text disentangle"] = txt_dis
+    if br["text_head"]:
+      K = masking.num_text_slots(config)
+      fwd["text head"] = _dense(B * K, S + Dt, Dt) + _dense(B * K, Dt, m.vocab_size)
+  if br["contrastive"]:
+    heads += 2 * _dense(B, S, m.embed_dim) + 2.0 * B * B * m.embed_dim  # projections, logits
+  if config.loss.disentangle > 0:
+    heads += _dense(S, B, De) + (_dense(S, B, m.text_width) if br["text"] else 0.0)
+  fwd["heads and losses"] = heads
+  forward = sum(fwd.values())
+  out = dict(fwd)
+  out["forward"] = forward
+  out["total"] = 3 * forward - patch  # backward = 2x forward, patch projection: 1x
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# XLA's count and MFU.
+
+
+def counting_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, int]:
+  """The twin config whose compiled step XLA can count, and the factor to scale its count by.
+
+  Layers unrolled, no remat, XLA attention, one micro-batch of `batch / grad_accum_steps`
+  (its count times `grad_accum_steps` counts the optimizer update that many times: a
+  negligible excess).
+  """
+  twin = ml_collections.ConfigDict(config.to_dict())
+  twin.model.scan_layers = False
+  twin.model.remat = False
+  twin.model.attention = "xla"
+  n = int(twin.optim.grad_accum_steps)
+  twin.data.batch_size = config.data.batch_size // n
+  twin.optim.grad_accum_steps = 1
+  return twin, n
+
+
+def cost_of(compiled) -> dict[str, float]:
+  """`flops`, `bytes accessed`, `transcendentals` of a compiled program (0 when absent)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX returned one dict per program
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed", "transcendentals")}
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]")
+_DOT = re.compile(r"= \w+\[([\d,]*)\][^ ]* dot\(%([\w.\-]+), %([\w.\-]+)\).*?"
+                  r"lhs_contracting_dims=\{([\d,]*)\}")
+
+
+def hlo_dot_flops(hlo_text: str) -> float:
+  """2 * multiply-adds of every `dot` in an HLO module's text (loop bodies counted once).
+
+  The matmul part of XLA's count, to set beside the analytic count (which is matmuls only);
+  the rest of `cost_analysis()['flops']` is element-wise work.
+  """
+  shapes = {}
+  for line in hlo_text.splitlines():
+    m = _INSTR.match(line)
+    if m:
+      shapes[m.group(1)] = [int(d) for d in m.group(2).split(",") if d]
+  total = 0.0
+  for m in _DOT.finditer(hlo_text):
+    out = [int(d) for d in m.group(1).split(",") if d]
+    lhs = shapes.get(m.group(2))
+    if lhs is None:
+      continue
+    contracted = math.prod(lhs[int(d)] for d in m.group(4).split(",") if d)
+    total += 2.0 * math.prod(out) * contracted
+  return total
+
+
+def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """FLOPs of one global training step by XLA's cost analysis of the counting twin.
+
+  Compiles (does not run) the twin's step for the whole global batch on ONE device: model
+  FLOPs are a property of the math, and a partitioned program's per-device count times the
+  device count would also count the work every device repeats (e.g. the optimizer update of
+  replicated parameters) once per device.
+
+  Args:
+    config: full config (its `data.batch_size` is the global batch).
+
+  Returns:
+    dict: `flops` (cost analysis: matmuls and element-wise work) and `dot_flops` (the
+    matmuls alone, `hlo_dot_flops`) of one step on the global batch.
+  """
+  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import sharding  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
+  twin, factor = counting_config(config)
+  twin.mesh.data, twin.mesh.fsdp = 1, 1
+  mesh = sharding.make_mesh(twin, devices=jax.devices()[:1])
+  s = train.setup(twin, mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+           for k, v in objective.dummy_batch(twin, twin.data.batch_size).items()}
+  with jax.set_mesh(mesh):
+    compiled = s.train_step.lower(s.abstract_state, batch).compile()
+  return dict(flops=cost_of(compiled)["flops"] * factor,
+              dot_flops=hlo_dot_flops(compiled.as_text()) * factor)
+
+
+def mfu(flops_per_step: float, step_seconds: float, num_devices: int,
+        peak_per_device: float | None) -> float | None:
+  """Model FLOPs utilisation in [0, 1], or None without a known peak."""
+  if not peak_per_device or step_seconds <= 0 or not math.isfinite(step_seconds):
+    return None
+  return flops_per_step / step_seconds / (num_devices * peak_per_device)
