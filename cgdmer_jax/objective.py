@@ -143,12 +143,14 @@ def _chunked_loss(params: Params, graphdef: nnx.GraphDef, batch: dict, masks: di
 
   def forward(p, batch, masks):
     del batch, masks  # closed over through `chunks`
-    def body(acc, chunk):
+    # The parameters ride in the carry: NNX refuses to merge a closed-over outer tracer.
+    def body(carry, chunk):
+      p, acc = carry
       loss, mets = chunk_loss(p, chunk)
-      return jax.tree.map(jnp.add, acc, (loss, mets)), None
+      return (p, jax.tree.map(jnp.add, acc, (loss, mets))), None
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          jax.eval_shape(chunk_loss, p, jax.tree.map(lambda x: x[0], chunks)))
-    return jax.lax.scan(body, zeros, chunks)[0]
+    return jax.lax.scan(body, (p, zeros), chunks)[0][1]
 
   def forward_with_grads(p, batch, masks):
     grad_fn = jax.value_and_grad(chunk_loss, has_aux=True)

@@ -89,4 +89,4 @@ def test_memory_report_chunked_is_smaller():
   mesh = sharding.make_mesh(config)
   report = siglip_chunked.memory_report(mesh, global_batch=4096, dim=64)
   # all-gather holds [B/8, B] logits (and their gradient) per device; chunked [B/8, B/8].
-  assert report["chunked"]["temp_bytes"] * 4 < report["all_gather"]["temp_bytes"], report
+  assert report["chunked"]["temp_bytes"] * 3 < report["all_gather"]["temp_bytes"], report
