@@ -6,7 +6,8 @@ Owns three things the benchmark reports:
   - `xla_step_flops(config, mesh, batch)`: XLA's `cost_analysis()` of the compiled step. XLA
     counts a `while` body once, not once per trip, so a scanned layer stack (or a gradient
     accumulation loop) would be undercounted; the count is therefore taken from a twin of the
-    step with the same math but layers unrolled (`scan_layers=False`), no rematerialisation
+    step with the same math but layers unrolled (`scan_layers=False`) and the batch in one
+    piece (`batch_chunks=1`), no rematerialisation
     (model FLOPs, as in MFU, exclude recomputation) and XLA attention (a cuDNN custom call has
     no cost model). XLA also counts element-wise work (norms, softmax, GELU, the optimizer)
     that the analytic count leaves out (a few percent at our sizes, ~10% at the 64-wide
@@ -157,12 +158,13 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
 def counting_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, int]:
   """The twin config whose compiled step XLA can count, and the factor to scale its count by.
 
-  Layers unrolled, no remat, XLA attention, one micro-batch of `batch / grad_accum_steps`
-  (its count times `grad_accum_steps` counts the optimizer update that many times: a
-  negligible excess).
+  Layers unrolled, no in-step batch chunks (a loop too), no remat, XLA attention, one
+  micro-batch of `batch / grad_accum_steps` (its count times `grad_accum_steps` counts the
+  optimizer update that many times: a negligible excess).
   """
   twin = ml_collections.ConfigDict(config.to_dict())
   twin.model.scan_layers = False
+  twin.model.batch_chunks = 1
   twin.model.remat = False
   twin.model.attention = "xla"
   n = int(twin.optim.grad_accum_steps)

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from cgdmer_jax import benchmark
+from cgdmer_jax import step_timing
 from cgdmer_jax import sharding
 from cgdmer_jax import train
 from configs import stmem_matched
@@ -54,7 +54,7 @@ def peer_command(size: str, batch: int, steps: int, threads: int) -> list[str]:
 def main(argv) -> None:
   del argv
   config = stmem_matched.get_config(f"size={_SIZE.value}")
-  config = benchmark.with_overrides(config, dict(kv.split("=", 1) for kv in _OVERRIDES.value))
+  config = step_timing.with_overrides(config, dict(kv.split("=", 1) for kv in _OVERRIDES.value))
   B = config.data.batch_size
   mesh = sharding.make_mesh(config, devices=jax.devices()[:1])
   s = train.setup(config, mesh)
@@ -65,7 +65,7 @@ def main(argv) -> None:
   rounds = []
   with jax.set_mesh(mesh):
     state = s.init_state()
-    batch = sharding.global_batch(benchmark.synthetic_batch(config, B), mesh)
+    batch = sharding.global_batch(step_timing.synthetic_batch(config, B), mesh)
     compiled = s.train_step.lower(state, batch).compile()
     for _ in range(2):
       state, _ = compiled(state, batch)

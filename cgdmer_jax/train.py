@@ -14,8 +14,6 @@ import hashlib
 import json
 import math
 import pathlib
-import queue
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -32,6 +30,7 @@ from cgdmer_jax import config_checks
 from cgdmer_jax import metrics as metrics_lib
 from cgdmer_jax import objective
 from cgdmer_jax import optim
+from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
 
 
@@ -64,55 +63,6 @@ def train_stream(config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
   return reader.train_batches(
       config.data.dir, split=config.data.train_split, global_batch_size=config.data.batch_size,
       seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer)
-
-
-def device_batches(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
-                   prefetch: int) -> Iterator[dict[str, jax.Array]]:
-  """Global device batches from process-local numpy batches, built `prefetch` steps ahead.
-
-  A background thread reads the next local batches and starts their host-to-device copies
-  (`sharding.global_batch`) while the device runs the current step, so neither the reader's
-  jitter nor the copy sits between two steps. `prefetch=0` builds each batch on demand.
-  """
-  if prefetch <= 0:
-    for local in local_batches:
-      yield sharding.global_batch(local, mesh)
-    return
-  ready: queue.Queue = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
-  done = object()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        ready.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def produce() -> None:
-    try:
-      for local in local_batches:
-        if not put(sharding.global_batch(local, mesh)):
-          return
-      put(done)
-    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
-      put(e)
-
-  thread = threading.Thread(target=produce, name="device_prefetch", daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = ready.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    thread.join(timeout=5)
 
 
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
@@ -359,7 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_window, steps_window = time.perf_counter(), 0
   try:
     with jax.set_mesh(mesh):
-      batches = device_batches(train_stream(config, step), mesh, config.data.get("prefetch", 2))
+      batches = prefetch.device_batches(train_stream(config, step), mesh,
+                                         config.data.get("prefetch", 2))
       while step < stop_at:
         batch = next(batches)
         state, mets = s.train_step(state, batch)

@@ -9,8 +9,8 @@ import sys
 import jax
 import pytest
 
-from cgdmer_jax import benchmark
 from cgdmer_jax import flops
+from cgdmer_jax import step_timing
 from configs import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def test_xla_flops_agree_with_analytic_count(variant):
 
 def test_step_benchmark_on_two_devices(tmp_path):
   config = _tiny(batch=4)
-  r = benchmark.run_step_benchmark(config, jax.devices()[:2], steps=2, warmup=1,
+  r = step_timing.run_step_benchmark(config, jax.devices()[:2], steps=2, warmup=1,
                                    profile_dir=str(tmp_path / "profile"), profile_steps=1)
   assert r["devices"] == 2 and r["global_batch"] == 4 and r["per_device_batch"] == 2
   assert r["step_s_p50"] > 0 and r["examples_per_s"] > 0 and r["tokens_per_s"] > 0
@@ -63,12 +63,12 @@ def test_peak_table_and_mfu():
 
 
 def test_ablation_parsing_and_overrides():
-  name, ov = benchmark.parse_ablation("loop:model.scan_layers=false,model.attention=xla")
+  name, ov = step_timing.parse_ablation("loop:model.scan_layers=false,model.attention=xla")
   assert name == "loop" and ov == {"model.scan_layers": "false", "model.attention": "xla"}
-  c = benchmark.with_overrides(_tiny(), ov)
+  c = step_timing.with_overrides(_tiny(), ov)
   assert c.model.scan_layers is False and c.model.attention == "xla"
   with pytest.raises(ValueError):
-    benchmark.parse_ablation("no_overrides")
+    step_timing.parse_ablation("no_overrides")
 
 
 def test_command_line_makes_fake_devices(tmp_path):

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax import benchmark
+from cgdmer_jax import step_timing
 from cgdmer_jax import objective
 from cgdmer_jax import sharding
+from cgdmer_jax import prefetch
 from cgdmer_jax import train
 from cgdmer_jax.models import layers
 from configs import pretrain
@@ -41,7 +42,7 @@ def test_batch_chunks_same_loss_and_grads():
   config = _masked_config()
   chunked = _masked_config(batch_chunks=4)
   graphdef, params = objective.init(config, 0)
-  batch = benchmark.synthetic_batch(config, 8)
+  batch = step_timing.synthetic_batch(config, 8)
   # Padding and a missing lead make the chunks' weight sums differ: the global mean must hold.
   batch["valid_len"][:3] = 120
   batch["lead_mask"][5, 2:] = False
@@ -82,7 +83,7 @@ def test_batch_chunks_sharded_train_step():
     s = train.setup(config, mesh)
     with jax.set_mesh(mesh):
       state = s.init_state()
-      batch = sharding.global_batch(benchmark.synthetic_batch(config, 16), mesh)
+      batch = sharding.global_batch(step_timing.synthetic_batch(config, 16), mesh)
       fn = jax.jit(train.make_loss_and_grads(s.graphdef, config))
       (loss, _), grads = fn(state["params"], batch, jax.random.key(2))
       results.append((float(loss), jax.device_get(grads)))
@@ -95,14 +96,14 @@ def test_device_prefetch_yields_the_stream_in_order():
   config = pretrain.get_config("size=tiny")
   mesh = sharding.make_mesh(config)
   local = [{"x": np.full((8, 3), i, np.float32), "name": np.array(["a"] * 8)} for i in range(5)]
-  for prefetch in (0, 2):
-    got = [int(b["x"][0, 0]) for b in train.device_batches(iter(local), mesh, prefetch)]
+  for ahead in (0, 2):
+    got = [int(b["x"][0, 0]) for b in prefetch.device_batches(iter(local), mesh, ahead)]
     assert got == list(range(5))
 
   def broken():
     yield local[0]
     raise RuntimeError("reader failed")
-  it = train.device_batches(broken(), mesh, 2)
+  it = prefetch.device_batches(broken(), mesh, 2)
   next(it)
   with pytest.raises(RuntimeError, match="reader failed"):
     next(it)
