@@ -39,11 +39,13 @@ def test_xla_flops_agree_with_analytic_count(variant):
 
 def test_step_benchmark_on_two_devices(tmp_path):
   config = _tiny(batch=4)
+  # The FLOP count is the test above; here the step's own compile only.
   r = step_timing.run_step_benchmark(config, jax.devices()[:2], steps=2, warmup=1,
-                                   profile_dir=str(tmp_path / "profile"), profile_steps=1)
+                                     xla_flops=False, profile_dir=str(tmp_path / "profile"),
+                                     profile_steps=1)
   assert r["devices"] == 2 and r["global_batch"] == 4 and r["per_device_batch"] == 2
   assert r["step_s_p50"] > 0 and r["examples_per_s"] > 0 and r["tokens_per_s"] > 0
-  assert abs(r["flops_xla_over_analytic"] - 1) < 0.10
+  assert r["flops_per_step_analytic"] > 0 and r["achieved_tflops"] > 0
   assert r["mfu"] is None  # no peak is known for a CPU
   assert r["peak_memory_bytes"] > 0
   traces = [f for _, _, fs in os.walk(tmp_path / "profile") for f in fs]
@@ -75,7 +77,7 @@ def test_command_line_makes_fake_devices(tmp_path):
   """The CLI on 1 and 2 fake CPU devices from a process that has a single CPU device."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = tmp_path / "bench.json"
-  cmd = [sys.executable, "-m", "cgdmer_jax.benchmark", "--config=configs/pretrain.py:size=tiny",
+  cmd = [sys.executable, "-m", "cgdmer_jax.benchmark", "--config=configs/pretrain.py:size=tiny,variant=ecg_mask_only",
          "--config.data.batch_size=4", "--devices=1,2", "--steps=1", "--warmup=0",
          "--xla_flops=false", f"--out={out}"]
   res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
