@@ -118,6 +118,9 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.mlp_ratio = 4
   # ECG features used for linear probing: 'shared', 'specific' or 'concat'.
   m.probe_features = "concat"
+  # ST-MEM's patch embedding, LayerNorm(patch) -> Dense -> LayerNorm(token), instead of a bare
+  # Dense. Off: no consistent gain measured at tiny size (docs/MODEL.md).
+  m.patch_norm = False
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True
   # Compute dtype ('float32' | 'bfloat16'); parameters, norms, softmax and losses stay float32.

@@ -188,6 +188,7 @@ def test_sincos_positions():
 @pytest.mark.parametrize("model", [
     dict(shared_width=32, shared_depth=0, specific_depth=0),   # adapters + LayerNorm/Dense
     dict(scan_layers=True, remat=True, dtype="bfloat16"),
+    dict(patch_norm=True),                                      # ST-MEM patch embedding
 ])
 def test_config_options_trace_with_gradients(model):
   """Options not compiled elsewhere: forward + backward trace (no compile) and shapes."""

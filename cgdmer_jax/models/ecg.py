@@ -63,6 +63,11 @@ class ECGEncoder(nnx.Module):
     dtype = layers.compute_dtype(m.dtype)
     self.width = m.ecg_width
     self.patch_proj = layers.dense(m.patch_size, m.ecg_width, dtype=dtype, rngs=rngs)
+    # ST-MEM's patch embedding: LayerNorm(patch) -> Linear -> LayerNorm(token).
+    self.patch_norm = bool(m.get("patch_norm", False))
+    if self.patch_norm:
+      self.patch_in_norm = layers.layer_norm(m.patch_size, rngs=rngs)
+      self.patch_out_norm = layers.layer_norm(m.ecg_width, rngs=rngs)
     self.lead_embed = nnx.Param(layers.EMBED_INIT(rngs.params(), (m.num_leads, m.ecg_width)))
     self.backbone = layers.Stack(
         m.ecg_width, m.ecg_depth, m.ecg_heads, m.mlp_ratio, dtype=dtype,
@@ -84,7 +89,10 @@ class ECGEncoder(nnx.Module):
   def embed(self, patches_BxKxP: jax.Array, idx_BxK: jax.Array) -> jax.Array:
     """Tokens of the given patches at grid positions `idx`, float32 [B, K, D]."""
     pos_BxKxD = jnp.take(self.position_table(), idx_BxK, axis=0)
-    return self.patch_proj(patches_BxKxP).astype(jnp.float32) + pos_BxKxD
+    if not self.patch_norm:
+      return self.patch_proj(patches_BxKxP).astype(jnp.float32) + pos_BxKxD
+    tok = self.patch_proj(self.patch_in_norm(patches_BxKxP))
+    return self.patch_out_norm(tok) + pos_BxKxD
 
   def __call__(self, ecg_BxCxT: jax.Array, valid_len_B: jax.Array, lead_mask_BxC: jax.Array,
                keep_idx_BxV: jax.Array | None = None) -> dict[str, jax.Array]:
