@@ -39,7 +39,8 @@ def _import_beam():
   return apache_beam
 
 
-def make_runner(beam_options: str) -> Callable[[shard_worker.WorkerSpec, Sequence], int]:
+def make_runner(beam_options: str
+                ) -> Callable[[shard_worker.WorkerSpec, Sequence], tuple[int, None]]:
   """A conversion function running on Beam, checked now so a bad setup fails before any work.
 
   Args:
@@ -47,7 +48,8 @@ def make_runner(beam_options: str) -> Callable[[shard_worker.WorkerSpec, Sequenc
       --flink_master=host:8081"; empty: the DirectRunner with its defaults.
 
   Returns:
-    `run(spec, pending_tasks) -> records converted`, like the local process pool.
+    `run(spec, pending_tasks) -> (records converted, None)`, like the local process pool
+    (which returns its workers' busy seconds where this has None).
 
   Raises:
     BeamNotInstalledError: apache_beam is not installed.
@@ -64,9 +66,11 @@ def make_runner(beam_options: str) -> Callable[[shard_worker.WorkerSpec, Sequenc
   # Resolved now: a misspelt runner is a usage error, not a failure after the listing.
   runner = beam.runners.create_runner(runner_name)
 
-  def run(spec: shard_worker.WorkerSpec, pending: Sequence[shard_worker.ShardTask]) -> int:
+  def run(spec: shard_worker.WorkerSpec, pending: Sequence[shard_worker.ShardTask]
+          ) -> tuple[int, None]:
+    # (records converted, None: the workers' busy time is the runner's UI's business)
     if not pending:
-      return 0
+      return 0, None
     logging.info("Converting %d shards with Beam's %s", len(pending), runner_name)
     # Leaving the `with` block runs the pipeline and waits for it; a failed pipeline raises.
     with beam.Pipeline(runner=runner, options=options) as p:
@@ -79,7 +83,7 @@ def make_runner(beam_options: str) -> Callable[[shard_worker.WorkerSpec, Sequenc
       raise RuntimeError(
           f"the Beam pipeline finished but {len(missing)} shards are not in {spec.output} "
           f"(e.g. {missing[0]}): the workers must write to the same filesystem path")
-    return sum(len(t.refs) for t in pending)
+    return sum(len(t.refs) for t in pending), None
 
   return run
 

@@ -10,8 +10,10 @@ Prints (one machine, one run):
   to show how much of the difference is wfdb's header parsing;
 * the converter (`data_pipelines.write.build`) with 1 worker and with N workers, for the
   whole run (listing, tokenizer training, process start-up, metadata) and for the conversion
-  stage alone (read, canonicalise, tokenize, serialise, write): records/s, per core, and the
-  per-core ratio to the plain loop;
+  stage alone (read, canonicalise, tokenize, serialise, write), and for that stage's steady
+  state (records / the workers' summed time on shards x workers: each worker's one-time
+  start-up, mostly importing TensorFlow, excluded; what a MIMIC-scale run sees): records/s,
+  per core, and the per-core ratio to the plain loop;
 * the reader: `train_batches` examples/s (batch 32) and the rate at which `start_step`
   skips records.
 
@@ -85,15 +87,17 @@ def plain_loop(root: str, shim: bool) -> tuple[int, float]:
   return int(n), float(seconds)
 
 
-def convert(root: str, out: str, workers: int, fs: int) -> tuple[int, float, float]:
-  """(records written, seconds of the whole run, seconds of the conversion stage)."""
+def convert(root: str, out: str, workers: int, fs: int) -> tuple[int, float, float, float]:
+  """(records written, seconds of the whole run, of the conversion stage, and of the conversion
+  stage's steady state: the workers' summed time on shards / workers, start-up excluded)."""
   from data_pipelines import signal, write  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   summary = write.build(write.BuildConfig(source="ptbxl", input=root, output=out,
                                           signal=signal.Config(fs=fs), workers=workers,
                                           progress=False))
   return (summary.counts["written"], time.perf_counter() - start,
-          summary.stage_seconds["convert"])
+          summary.stage_seconds["convert"],
+          summary.stage_seconds["workers busy (sum)"] / workers)
 
 
 def read(out: str, batch: int, batches: int) -> tuple[float, float]:
@@ -129,8 +133,9 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     for w in sorted({1, workers}):
       out = os.path.join(tmp, f"w{w}")
-      n, sec, conv = convert(root, out, w, _FS.value)
-      for what, t in (("whole run", sec), ("conversion stage", conv)):
+      n, sec, conv, steady = convert(root, out, w, _FS.value)
+      for what, t in (("whole run", sec), ("conversion stage", conv),
+                      ("steady state", steady)):
         rate = n / t
         print(f"converter, {w} worker(s), {what + ':':<18}{rate:8.0f} records/s ({n} in "
               f"{t:.1f} s); per core {rate / w:.0f}/s = {rate / w / base:.2f}x the plain "

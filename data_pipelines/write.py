@@ -245,20 +245,28 @@ def _runner(config: BuildConfig):
   return beam_runner.make_runner(config.beam_options)
 
 
-def _run_local(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> int:
-  """Converts the pending shards on a process pool; returns the number of records converted."""
+def _run_local(config: BuildConfig, spec: shard_worker.WorkerSpec, pending
+               ) -> tuple[int, float]:
+  """Converts the pending shards on a process pool.
+
+  Returns:
+    (records converted, seconds the workers spent on shards, summed over workers: their
+    start-up excluded, so records / (that / workers) is the pool's steady rate).
+  """
   workers = config.workers or len(os.sched_getaffinity(0))
   total = sum(len(t.refs) for t in pending)
   bar = tqdm.tqdm(total=total, unit="rec", disable=not config.progress or not pending,
                   desc=f"{config.source} -> {pathlib.Path(config.output).name}")
-  done = 0
+  done, busy = 0, 0.0
   try:
     if workers <= 1 or len(pending) <= 1:
       shard_worker.init_worker(spec)
       for task in pending:
-        done += shard_worker.convert_shard(task)["records"]
+        result = shard_worker.convert_shard(task)
+        done += result["records"]
+        busy += result["seconds"]
         bar.update(len(task.refs))
-      return done
+      return done, busy
     ctx = multiprocessing.get_context(_start_method())
     with futures.ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx,
                                      initializer=shard_worker.init_worker,
@@ -266,16 +274,17 @@ def _run_local(config: BuildConfig, spec: shard_worker.WorkerSpec, pending) -> i
       jobs = [pool.submit(shard_worker.convert_shard, t) for t in pending]
       try:
         for job in futures.as_completed(jobs):
-          n = job.result()["records"]
-          done += n
-          bar.update(n)
+          result = job.result()
+          done += result["records"]
+          busy += result["seconds"]
+          bar.update(result["records"])
       except futures.process.BrokenProcessPool as e:
         raise RuntimeError("a conversion worker died; completed shards are kept: rerun "
                            "the same command to resume") from e
       finally:
         for job in jobs:  # on failure, do not start more shards
           job.cancel()
-    return done
+    return done, busy
   finally:
     bar.close()
 
@@ -333,8 +342,10 @@ def build(config: BuildConfig) -> Summary:
       output=str(out))
   pending = [t for t in tasks if not shard_worker.is_complete(out, t)]
   mark = time.perf_counter()
-  converted = run(spec, pending)
+  converted, busy = run(spec, pending)
   stages["convert"] = time.perf_counter() - mark
+  if busy is not None:
+    stages["workers busy (sum)"] = busy
   mark = time.perf_counter()
 
   rows = metadata.read_parts(out, tasks)
