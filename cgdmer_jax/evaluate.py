@@ -57,12 +57,13 @@ def main(argv) -> int:
   try:
     fractions = [float(f) / 100 for f in _FRACTIONS.value]
     from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-    results = runner.evaluate_models(_WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
-                  task_names=_TASKS.value, fractions=fractions, data_root=_DATA_ROOT.value,
-                  tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value, out=_OUT.value,
-                  probe_config=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
-                                                        batch_size=_PROBE_BATCH.value),
-                  batch_size=_BATCH.value, step=_STEP.value)
+    probe = linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
+                                     batch_size=_PROBE_BATCH.value)
+    results = runner.evaluate_models(
+        _WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
+        task_names=_TASKS.value, fractions=fractions, data_root=_DATA_ROOT.value,
+        tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value, out=_OUT.value,
+        probe_config=probe, batch_size=_BATCH.value, step=_STEP.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

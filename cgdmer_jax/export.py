@@ -42,6 +42,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export i
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                                "Platforms the StableHLO is lowered for.")
 
+
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,8 +50,9 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
   try:
-    info = inference.export_model(_WORKDIR.value, _OUT.value, dtype=_DTYPE.value, step=_STEP.value,
-                        platforms=tuple(_PLATFORMS.value), overwrite=_OVERWRITE.value)
+    info = inference.export_model(_WORKDIR.value, _OUT.value, dtype=_DTYPE.value,
+                                  step=_STEP.value, platforms=tuple(_PLATFORMS.value),
+                                  overwrite=_OVERWRITE.value)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -168,7 +168,10 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks_lib.TASKS)}")
   if not workdirs:
     raise ValueError("pass at least one --workdir (training workdir or export folder)")
-  if not data_root or not pathlib.Path(data_root).is_dir():
+  if not data_root:
+    raise ValueError("--data_root is required: the folder holding ptbxl/, cpsc2018/, csn/ "
+                     "(and merl_zeroshot/ for the prompts)")
+  if not pathlib.Path(data_root).is_dir():
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
   out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
   encoders = [inference.load(w, step=step, batch_size=batch_size) for w in workdirs]
