@@ -95,7 +95,8 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   """Matmul FLOPs of one training step (forward + backward) on a global batch.
 
   The backward of a matmul costs twice its forward (input and weight gradients), except where
-  the input needs no gradient (the ECG patch projection reads data: weight gradient only).
+  the input needs no gradient (the ECG patch projection reading the data directly, without
+  `model.patch_norm`'s learnable LayerNorm in front: weight gradient only).
   Per-token element-wise work and the optimizer are not counted.
 
   Args:
@@ -147,7 +148,8 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   forward = sum(fwd.values())
   out = dict(fwd)
   out["forward"] = forward
-  out["total"] = 3 * forward - patch  # backward = 2x forward, patch projection: 1x
+  # Backward = 2x forward; a patch projection that reads the data directly: 1x.
+  out["total"] = 3 * forward - (0.0 if m.get("patch_norm", False) else patch)
   return out
 
 

@@ -119,8 +119,9 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # ECG features used for linear probing: 'shared', 'specific' or 'concat'.
   m.probe_features = "concat"
   # ST-MEM's patch embedding, LayerNorm(patch) -> Dense -> LayerNorm(token), instead of a bare
-  # Dense. Off: no consistent gain measured at tiny size (docs/MODEL.md).
-  m.patch_norm = False
+  # Dense: the masked-patch loss leaves its initial plateau sooner (tiny, 2 000 steps on
+  # PTB-XL: val ECG loss 0.744 against 0.827 with a bare Dense; docs/MODEL.md).
+  m.patch_norm = True
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True
   # Compute dtype ('float32' | 'bfloat16'); parameters, norms, softmax and losses stay float32.

@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.patch_size = 75
   m.dtype = "float32"
   m.norm_patch_target = True
+  # A bare Dense patch embedding, as in the measured comparison (docs/PERFORMANCE.md); ST-MEM
+  # LayerNorms the patches before and after it (our default, model.patch_norm=True).
+  m.patch_norm = False
   # Token masking only, ST-MEM's ratio.
   config.mask.lead_ratio = 0.0
   config.mask.time_ratio = 0.0
