@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import ml_collections
 
 from configs import common
@@ -85,3 +88,46 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
              "config.eval_every_steps > 0")
   _require(config.mesh.data == -1 or config.mesh.data >= 1, "config.mesh.data must be >= 1 or -1")
   _require(config.mesh.fsdp == -1 or config.mesh.fsdp >= 1, "config.mesh.fsdp must be >= 1 or -1")
+
+
+# Model settings that change how the step runs, not which parameters exist: free to change
+# when a run resumes.
+RUNTIME_MODEL_KEYS = ("dtype", "attention", "remat", "batch_chunks", "probe_features")
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """A workdir that holds checkpoints must be resumed with its own model settings.
+
+  Compares `config.model` and the loss terms that build branches with the run's
+  `config.json` before it is overwritten, so a changed setting (or a default that changed
+  since the run started) is named here instead of surfacing as an Orbax tree mismatch.
+
+  Raises:
+    ConfigError: naming each differing setting and the override that restores it.
+  """
+  ckpts = workdir / "checkpoints"
+  saved_path = workdir / "config.json"
+  if not saved_path.is_file() or not ckpts.is_dir() or not any(
+      p.name.isdigit() for p in ckpts.iterdir()):
+    return
+  saved = json.loads(saved_path.read_text())
+  absent = object()
+  diffs = []
+  for key, now in config.model.items():
+    if key in RUNTIME_MODEL_KEYS:
+      continue
+    was = saved.get("model", {}).get(key, absent)
+    if was is absent or was != now:
+      diffs.append((f"model.{key}", was, now))
+  for key in ("ecg", "text", "contrastive", "disentangle"):
+    was = saved.get("loss", {}).get(key, absent)
+    if was is absent or (was > 0) != (config.loss[key] > 0):
+      diffs.append((f"loss.{key}", was, config.loss[key]))
+  if diffs:
+    lines = [f"  {k}: the run has {'(absent: it predates the setting)' if w is absent else repr(w)}"
+             f", this config {n!r}" for k, w, n in diffs]
+    fixes = " ".join(f"--config.{k}={w}" for k, w, _ in diffs if w is not absent)
+    raise ConfigError(
+        f"{workdir} holds checkpoints of a run with other model settings:\n" + "\n".join(lines)
+        + "\nResume with the run's settings" + (f" ({fixes})" if fixes else "")
+        + ", or start a new --workdir.")

@@ -250,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_checks.check(config)
   info = reader.load_info(config.data.dir)
   apply_dataset_info(config, info)
+  config_checks.check_resume(config, workdir)
   write_config(config, workdir)
 
   mesh = sharding.make_mesh(config)

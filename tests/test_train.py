@@ -64,6 +64,32 @@ def test_bad_config_fails_before_compiling(tmp_path, ptbxl_tfrecords):
     config_checks.check(config)
 
 
+
+def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
+  """A run made with other model settings (here: before a default changed) is not resumed
+  into a mismatching parameter tree: the differing keys are named and config.json is kept."""
+  from cgdmer_jax.data import reader
+  old = tiny_config(ptbxl_tfrecords, **{"model.patch_norm": False})
+  train.apply_dataset_info(old, reader.load_info(old.data.dir))
+  saved = json.loads(old.to_json_best_effort())
+  del saved["model"]["patch_norm"]          # written before the setting existed
+  saved["model"]["ecg_depth"] = 2
+  workdir = tmp_path / "w"
+  (workdir / "checkpoints" / "20").mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_checks.ConfigError) as e:
+    train.train_and_evaluate(tiny_config(ptbxl_tfrecords), str(workdir))
+  assert "model.patch_norm: the run has (absent" in str(e.value)
+  assert "--config.model.ecg_depth=2" in str(e.value)
+  assert json.loads((workdir / "config.json").read_text()) == saved
+  # Runtime knobs may change on resume.
+  runtime = tiny_config(ptbxl_tfrecords, **{"model.remat": True})
+  train.apply_dataset_info(runtime, reader.load_info(runtime.data.dir))
+  saved = json.loads(runtime.to_json_best_effort())
+  saved["model"]["remat"] = False
+  (workdir / "config.json").write_text(json.dumps(saved))
+  config_checks.check_resume(runtime, workdir)
+
 def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords):
   assert jax.device_count() == 8
   workdir = tmp_path / "run"
