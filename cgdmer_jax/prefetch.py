@@ -21,12 +21,8 @@ from cgdmer_jax import sharding
 
 def device_batches(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
                    prefetch: int) -> Iterator[dict[str, jax.Array]]:
-  """Global device batches from process-local numpy batches, built `prefetch` steps ahead.
-
-  A background thread reads the next local batches and starts their host-to-device copies
-  (`sharding.global_batch`) while the device runs the current step, so neither the reader's
-  jitter nor the copy sits between two steps. `prefetch=0` builds each batch on demand.
-  """
+  """Global device batches from process-local numpy batches, built `prefetch` steps ahead
+  on a background thread (see the module docstring); `prefetch=0` builds each on demand."""
   if prefetch <= 0:
     for local in local_batches:
       yield sharding.global_batch(local, mesh)
