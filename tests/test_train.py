@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from cgdmer_jax import checkpointing
+from cgdmer_jax import accumulate
 from cgdmer_jax import config_checks
+from cgdmer_jax import overrides as overrides_lib
 from cgdmer_jax import sharding
 from cgdmer_jax import train
 from configs import pretrain
@@ -26,13 +28,7 @@ def tiny_config(data_dir, **overrides):
   config.log_every_steps = 5
   config.checkpoint.every_steps = 20
   config.eval_every_steps = 0
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return config
+  return overrides_lib.apply(config, overrides)
 
 
 def read_metrics(workdir):
@@ -127,7 +123,7 @@ def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(local, mesh)
-      fn = jax.jit(train.make_loss_and_grads(s.graphdef, config))
+      fn = jax.jit(accumulate.loss_and_grads_fn(s.graphdef, config))
       (loss, _), grads = fn(state["params"], batch, jax.random.key(3))
       results.append((float(loss), jax.device_get(grads)))
   (l1, g1), (l8, g8) = results
