@@ -149,7 +149,7 @@ def loss_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
   """
   n = num_chunks(config)
   if n == 1:
-    return functools.partial(objective.loss_fn, graphdef=graphdef, config=config)
+    return lambda params, batch, rng: objective.loss_fn(params, graphdef, batch, rng, config)
 
   def loss(params, batch, rng):
     chunks, totals = _prepare(batch, rng, config, n)
