@@ -1,4 +1,5 @@
-"""Every command of the README answers `--help` with its own flags (one process each, in parallel)."""
+"""Every command of the README answers `--help` with its own flags (one process each, in
+parallel)."""
 
 import os
 import pathlib

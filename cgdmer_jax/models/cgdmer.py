@@ -1,7 +1,8 @@
 """CG-DMER: the wiring of the ECG and report towers, disentanglement, projections and heads.
 
 Owns the ablation variants, which branches exist for a config (the ablation switches) and the
-output dict of the pretraining forward pass. Branches are decided statically from `config.loss.*` weights:
+output dict of the pretraining forward pass. Branches are decided statically from the
+`config.loss.*` weights:
   - the report tower (text backbone, text specific encoder, text projection) exists when the
     contrastive or the masked-text term is on (so `ecg_mask_only` never runs it);
   - the ECG decoder exists when `loss.ecg > 0`, the text head when `loss.text > 0`;
