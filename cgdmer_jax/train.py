@@ -187,8 +187,9 @@ def _fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
 def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, float]:
   """Loss terms over a split: each batch's means weighted by its valid rows.
 
-  Padding rows (batch `mask` False) count in no batch mean, and a padded last batch counts in
-  proportion to the rows it holds, as if the split had been one batch of valid rows.
+  Padding rows (batch `mask` False) count in no batch mean, and a padded last batch (or a
+  batch of padding only, on a process with fewer files) counts in proportion to the valid
+  rows it holds, not as much as a full one.
 
   Returns:
     {'val/<metric>': value} for every metric of `eval_step` except its row count.
