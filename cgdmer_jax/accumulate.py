@@ -33,7 +33,14 @@ COUPLED_TERMS = ("contrastive", "disentangle")
 
 
 def num_chunks(config: ml_collections.ConfigDict) -> int:
-  """n = `model.batch_chunks * optim.grad_accum_steps` (1: the batch in one piece)."""
+  """The number of chunks the step runs a batch in.
+
+  Args:
+    config: full config.
+
+  Returns:
+    n = `model.batch_chunks * optim.grad_accum_steps` (1: the batch in one piece).
+  """
   return int(config.model.get("batch_chunks", 1)) * int(config.optim.get("grad_accum_steps", 1))
 
 
@@ -63,6 +70,13 @@ def split_rows(tree: Any, n: int) -> Any:
 
   Each device's contiguous block of rows holds B/(n*devices) rows of every chunk, so the
   split needs no communication.
+
+  Args:
+    tree: pytree of [B, ...] arrays (batch, masks, weights).
+    n: chunks; divides B.
+
+  Returns:
+    The same pytree of [n, B/n, ...] arrays, chunk axis first (for `lax.scan`).
   """
   mesh = jax.sharding.get_abstract_mesh()
 
