@@ -61,6 +61,11 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
     _require(0.0 <= k[name] < 1.0, f"config.mask.{name}={k[name]} must be in [0, 1)")
   for name in ("ecg", "text", "contrastive", "disentangle"):
     _require(config.loss[name] >= 0, f"config.loss.{name}={config.loss[name]} must be >= 0")
+  for table in ("ramp_start", "ramp_steps"):
+    for name, v in config.loss.get(table, {}).items():
+      _require(name in ("ecg", "text", "contrastive", "disentangle"),
+               f"config.loss.{table}.{name}: no such loss term")
+      _require(int(v) >= 0, f"config.loss.{table}.{name}={v} must be >= 0")
   _require(sum(config.loss[n] for n in ("ecg", "text", "contrastive", "disentangle")) > 0,
            "all loss weights are 0: nothing to train")
   _require(not (config.loss.ecg > 0 and not k.ecg),

@@ -92,6 +92,40 @@ def disentangle_loss(shared_BxS: jax.Array, specific_BxP: jax.Array,
   return jnp.mean(corr_SxP * corr_SxP)
 
 
+TERMS = ("ecg", "text", "contrastive", "disentangle")
+
+
+def term_scales(config: ml_collections.ConfigDict, step: jax.Array | None = None
+                ) -> dict[str, jax.Array | float]:
+  """The weight of each term at `step`: `loss.<term>` times its ramp-in.
+
+  A term's weight is 0 before `loss.ramp_start.<term>`, then rises linearly to `loss.<term>`
+  over `loss.ramp_steps.<term>` steps (0: at once). Terms that compete early in training
+  (a contrastive term that dominates the shared encoder's gradient before the masked-ECG
+  decoder has learnt to read the visible tokens) can so be brought in one after another.
+
+  Args:
+    config: full config (`loss.*`).
+    step: the optimizer step (int32 scalar, traced under jit); None: the full weights (eval).
+
+  Returns:
+    {term: weight} for the four terms; Python floats where no ramp applies, so a config
+    without ramps compiles to exactly the static-weight program.
+  """
+  w = config.loss
+  starts, ramps = w.get("ramp_start", {}), w.get("ramp_steps", {})
+  out: dict[str, jax.Array | float] = {}
+  for k in TERMS:
+    start, ramp = int(starts.get(k, 0) or 0), int(ramps.get(k, 0) or 0)
+    if step is None or w[k] == 0 or (start == 0 and ramp == 0):
+      out[k] = float(w[k])
+      continue
+    t = jnp.asarray(step, jnp.float32) - start
+    frac = jnp.clip((t + 1.0) / ramp, 0.0, 1.0) if ramp > 0 else (t >= 0).astype(jnp.float32)
+    out[k] = w[k] * frac
+  return out
+
+
 def row_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
   """(row_ok_B, text_ok_B): rows that count (eval batches' padding rows carry `mask` False),
   and of those the rows with a report."""
@@ -122,8 +156,8 @@ def term_weights(ecg_weight_BxM: jax.Array | None, batch: dict, masks: dict,
   return out
 
 
-def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.ConfigDict
-          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.ConfigDict,
+          scales: dict | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted CG-DMER objective and its metrics.
 
   loss = w_ecg * MSE(masked ECG patches) + w_text * CE(masked report tokens)
@@ -135,12 +169,14 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
     batch: the batch (`has_report`, and `mask` for padded eval rows when present).
     masks: `masking.sample_masks` output.
     config: full config (`loss.*`).
+    scales: the terms' weights (`term_scales`); None: the static `loss.<term>` weights.
 
   Returns:
     (loss, metrics): metrics has `loss` and, for the active terms only, `loss/ecg`,
     `loss/text`, `loss/contrastive`, `loss/disentangle`, `siglip/temperature`, `siglip/bias`.
   """
   w = config.loss
+  scale = scales if scales is not None else {k: w[k] for k in TERMS}
   # Batch-padding rows (eval batches carry `mask`) count for nothing.
   row_ok_B, text_ok_B = row_weights(batch)
   weights = term_weights(outputs.get("ecg/weight"), batch, masks, config)
@@ -148,11 +184,11 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
   if w.ecg > 0:
     metrics["loss/ecg"] = masked_patch_mse(outputs["ecg/recon"], outputs["ecg/target"],
                                            weights["ecg"])
-    loss += w.ecg * metrics["loss/ecg"]
+    loss += scale["ecg"] * metrics["loss/ecg"]
   if w.text > 0:
     metrics["loss/text"] = masked_token_ce(outputs["text/logits"], masks["text"]["targets"],
                                            weights["text"])
-    loss += w.text * metrics["loss/text"]
+    loss += scale["text"] * metrics["loss/text"]
   if w.contrastive > 0:
     siglip = siglip_lib.siglip(config.loss.get("siglip_impl", "all_gather"))
     metrics["loss/contrastive"] = siglip(
@@ -160,12 +196,12 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
         outputs["siglip/bias"], text_ok_B)
     metrics["siglip/temperature"] = outputs["siglip/temperature"]
     metrics["siglip/bias"] = outputs["siglip/bias"]
-    loss += w.contrastive * metrics["loss/contrastive"]
+    loss += scale["contrastive"] * metrics["loss/contrastive"]
   if w.disentangle > 0:
     dis = disentangle_loss(outputs["ecg/shared"], outputs["ecg/specific"], row_ok_B)
     if "text/shared" in outputs:
       dis += disentangle_loss(outputs["text/shared"], outputs["text/specific"], text_ok_B)
     metrics["loss/disentangle"] = dis
-    loss += w.disentangle * dis
+    loss += scale["disentangle"] * dis
   metrics["loss"] = loss
   return loss, metrics

@@ -88,6 +88,11 @@ class WindowMean:
   def __init__(self):
     self._sums: dict[str, float] = {}
     self._n = 0
+    self._once: dict[str, float] = {}
+
+  def add_once(self, scalars: Mapping[str, float]) -> None:
+    """Metrics measured once in the window (diagnostics): written as they are at `pop`."""
+    self._once.update({k: float(v) for k, v in scalars.items()})
 
   def add(self, scalars: Mapping[str, float]) -> None:
     for k, v in scalars.items():
@@ -96,5 +101,6 @@ class WindowMean:
 
   def pop(self) -> dict[str, float]:
     out = {k: v / max(self._n, 1) for k, v in self._sums.items()}
-    self._sums, self._n = {}, 0
+    out.update(self._once)
+    self._sums, self._n, self._once = {}, 0, {}
     return out

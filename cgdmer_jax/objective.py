@@ -45,7 +45,8 @@ def abstract_init(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, Para
 
 
 def loss_fn(params: Params, graphdef: nnx.GraphDef, batch: dict, rng: jax.Array,
-            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+            config: ml_collections.ConfigDict, step: jax.Array | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Samples the masks, runs the model and returns the weighted loss. Pure; jit it.
 
   Args:
@@ -54,17 +55,20 @@ def loss_fn(params: Params, graphdef: nnx.GraphDef, batch: dict, rng: jax.Array,
     batch: the batch dict (see `CGDMER.__call__`).
     rng: PRNG key of the step (ECG and text masks use `fold_in(rng, 0/1)`).
     config: full config.
+    step: the optimizer step, for the terms' ramp-in (`losses.term_scales`); None: the
+      full weights.
 
   Returns:
     (loss, metrics of float32 scalars; see `losses.total`). The whole batch at once: the
     trainer's chunked form of the same loss is `accumulate.py`.
   """
   masks = masking.sample_masks(rng, batch, config)
-  return forward_loss(params, graphdef, batch, masks, config)
+  return forward_loss(params, graphdef, batch, masks, config, step)
 
 
 def forward_loss(params: Params, graphdef: nnx.GraphDef, batch: dict, masks: dict,
-                 config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 config: ml_collections.ConfigDict, step: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`loss_fn` with the masks given (`masking.sample_masks`), e.g. for one chunk of a batch.
 
   Args:
@@ -73,12 +77,13 @@ def forward_loss(params: Params, graphdef: nnx.GraphDef, batch: dict, masks: dic
     batch: the batch dict.
     masks: the masks of these rows.
     config: full config.
+    step: as in `loss_fn`.
 
   Returns:
     (loss, metrics), as `losses.total`.
   """
   outputs = nnx.merge(graphdef, params)(batch, masks)
-  return losses.total(outputs, batch, masks, config)
+  return losses.total(outputs, batch, masks, config, losses.term_scales(config, step))
 
 
 def encode_ecg_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict

@@ -15,7 +15,8 @@ import ml_collections
 import optax
 
 
-def _path_names(path) -> list[str]:
+def path_names(path) -> list[str]:
+  """The names along a pytree key path of the params (`jax.tree_util` keys), leaf name last."""
   names = []
   for entry in path:
     key = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))
@@ -29,7 +30,7 @@ def _path_names(path) -> list[str]:
 def decay_mask(params: Any) -> Any:
   """Pytree of bools: True where weight decay applies (kernels outside embeddings)."""
   def is_decayed(path, _):
-    names = _path_names(path)
+    names = path_names(path)
     return bool(names) and names[-1] == "kernel" and not any("embed" in n for n in names)
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 

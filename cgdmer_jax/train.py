@@ -27,6 +27,8 @@ import optax
 from cgdmer_jax import accumulate
 from cgdmer_jax import checkpointing
 from cgdmer_jax import config_checks
+from cgdmer_jax import diagnostics
+from cgdmer_jax import losses
 from cgdmer_jax import metrics as metrics_lib
 from cgdmer_jax import objective
 from cgdmer_jax import optim
@@ -88,13 +90,16 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base_key, state["step"])
-    (loss, mets), grads = loss_and_grads(state["params"], batch, rng)
+    (loss, mets), grads = loss_and_grads(state["params"], batch, rng, state["step"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     mets = dict(mets)
     mets["loss"] = loss
     mets["grad_norm"] = optax.global_norm(grads)
     mets["lr"] = schedule(state["step"])
+    for k, v in losses.term_scales(config, state["step"]).items():
+      if not isinstance(v, float):  # a term on a ramp-in schedule: log where it is
+        mets[f"weight/{k}"] = v
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, mets
 
   return train_step
@@ -239,6 +244,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                resumed.source, dict(mesh.shape), mesh.size, jax.process_count())
 
   eval_step = jax.jit(make_eval_step(s.graphdef, config))
+  diag_every = int(config.get("diagnostics", {}).get("every_steps", 0) or 0)
+  diag_fn = jax.jit(diagnostics.term_gradients_fn(s.graphdef, config)) if diag_every else None
+  diag_key = jax.random.key(config.seed)  # the train step's own key: fold_in(key, step)
   scorer = keeper = None
   if config.get("best") and config.best.zero_shot_task:
     from cgdmer_jax.evaluators import val_zero_shot  # pylint: disable=g-import-not-at-top
@@ -286,6 +294,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          config.data.get("prefetch", 2))
       while step < stop_at:
         batch = next(batches)
+        if diag_fn is not None and (step + 1) % diag_every == 0:
+          # The gradients this very step is about to take, term by term.
+          window.add_once(_fetch(diag_fn(state["params"], batch,
+                                         jax.random.fold_in(diag_key, step), step)))
         state, mets = s.train_step(state, batch)
         step += 1
         steps_window += 1

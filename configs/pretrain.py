@@ -66,6 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   for k in ("ecg", "text", "contrastive", "disentangle"):
     config.loss[k] = variant[k]
+  # Ramp-in per term: weight 0 before ramp_start.<term>, then linear up to loss.<term> over
+  # ramp_steps.<term> steps (losses.term_scales); 0 / 0 = the full weight from step 0.
+  config.loss.ramp_start = ml_collections.ConfigDict(
+      {k: 0 for k in ("ecg", "text", "contrastive", "disentangle")})
+  config.loss.ramp_steps = ml_collections.ConfigDict({k: 0 for k in config.loss.ramp_start})
   # SigLIP on the global batch: 'all_gather' (XLA gathers the report embeddings, each device
   # holds a [B/devices, B] logits block; simplest, fine up to a few thousand) or 'chunked'
   # (a ring of ppermutes, one [B/devices, B/devices] block at a time: for global batches of
@@ -101,6 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.best.data_root = ml_collections.config_dict.placeholder(str)
 
   config.log_every_steps = 50 if args.size != "tiny" else 10
+  # Per-term gradient norms and cosines (cgdmer_jax/diagnostics.py), logged every this many
+  # steps (0: off). One extra forward and batched backward pass each time, outside the step.
+  config.diagnostics = ml_collections.ConfigDict()
+  config.diagnostics.every_steps = 5 * config.log_every_steps
   config.eval_every_steps = 1_000 if args.size != "tiny" else 200
   config.eval_steps = 0  # 0: the whole val split
   return config

@@ -91,7 +91,8 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
   workdir = tmp_path / "run"
   config = tiny_config(ptbxl_tfrecords, eval_every_steps=40,
                        **{"best.zero_shot_task": "ptbxl_super",
-                          "best.data_root": str(conftest.EMBEDDED)})
+                          "best.data_root": str(conftest.EMBEDDED),
+                          "diagnostics.every_steps": 20, "loss.ramp_steps.disentangle": 20})
   out = train.train_and_evaluate(config, str(workdir))
   rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert rows[0]["step"] == 5 and rows[-1]["step"] == 40
@@ -99,6 +100,15 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
   for key in ("loss/ecg", "loss/text", "loss/contrastive", "loss/disentangle", "lr",
               "grad_norm", "examples_per_s", "step_time_s"):
     assert key in rows[-1], key
+  # The ramp-in weight is logged while it rises, then stays at loss.disentangle.
+  assert rows[0]["weight/disentangle"] < 0.5 * config.loss.disentangle
+  assert rows[-1]["weight/disentangle"] == pytest.approx(config.loss.disentangle)
+  # Per-term gradient diagnostics on the steps they were asked for, finite.
+  diag = {r["step"]: r for r in rows if "grad_norm/contrastive/shared" in r}
+  assert sorted(diag) == [20, 40], sorted(diag)
+  for key in ("grad_norm/ecg/ecg_backbone", "grad_norm/text/text_backbone",
+              "grad_norm/disentangle/shared", "grad_cos/ecg~contrastive/shared"):
+    assert np.isfinite(diag[40][key]), key
   assert "val/loss" in out and np.isfinite(out["val/loss"])
   # Zero-shot model selection on the val split kept the best parameters.
   assert 0.0 <= out["val/zero_shot_auc"] <= 1.0
