@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from sklearn.model_selection import train_test_split
 
+from cgdmer_jax.evaluators import auc as auc_lib
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
 
@@ -143,7 +144,7 @@ def train_and_score(x_train, y_train, x_sel, y_sel, x_rep, y_rep, classes, count
     return cells.no_cell("no training rows", train_rows=0)
   columns, untrained = cells.trainable(y_train, classes)
   meta = {"train_rows": int(n), "probe": "merl"}
-  if len(columns) < 2:
+  if len(columns) < auc_lib.MIN_CLASSES:
     return {**cells.score(y_rep, np.zeros(np.shape(y_rep)), classes, counts_BxN,
                           columns=columns, untrained=untrained, split=split), **meta}
   bs = min(config.batch_size, n)
