@@ -26,12 +26,12 @@ def per_class_auc(path: pathlib.Path, title: str,
     title: figure title.
     series: {series name: {class: AUC or (AUC, low, high)}}; intervals are drawn as error
       bars.
-    skipped: classes without an AUC in any series (drawn as gaps, listed).
+    skipped: classes without an AUC in any series (listed in the title, not drawn).
 
   Returns:
     `path`.
   """
-  classes = sorted({c for s in series.values() for c in s} | set(skipped))
+  classes = sorted({c for s in series.values() for c in s})
   width = 0.8 / max(len(series), 1)
   fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(classes) * len(series) + 2), 4.4))
   x = np.arange(len(classes))
