@@ -62,6 +62,9 @@ _RESAMPLES = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per in
 _EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "MERL probe epochs (MERL: 100).")
 _PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "MERL probe learning rate (Adam; MERL: 1e-3).")
 _PROBE_BATCH = flags.DEFINE_integer("probe_batch_size", 16, "MERL probe batch size (MERL: 16).")
+_LR_DROP = flags.DEFINE_integer("probe_lr_drop_at", 40, "MERL probe: the learning rate drops "
+                                "10x after this many scheduler steps (MERL's MultiStepLR, "
+                                "stepped per batch and per epoch); 0: never.")
 _C_GRID = flags.DEFINE_list("logreg_c", ["0.001", "0.01", "0.1", "1", "10"],
                             "Grid of the logreg probe's inverse regularisation C.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "ECGs per encoder call.")
@@ -83,7 +86,8 @@ def main(argv) -> int:
     protocol = runner.Protocol(
         split=_SPLIT.value, probes=tuple(_PROBE.value), features=tuple(_FEATURES.value),
         merl=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
-                                      batch_size=_PROBE_BATCH.value),
+                                      batch_size=_PROBE_BATCH.value,
+                                      lr_drop_at=_LR_DROP.value or None),
         logreg=logreg_probe.LogRegConfig(c_grid=tuple(float(c) for c in _C_GRID.value)),
         resamples=_RESAMPLES.value)
     compare = None
