@@ -13,6 +13,7 @@ import pytest
 from cgdmer_jax import inference
 from cgdmer_jax import quickstart
 from cgdmer_jax.evaluators import linear_probe
+from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import runner
 from configs import pretrain
 from data_pipelines import locate
@@ -145,10 +146,12 @@ def test_embed_cli_good_records_and_a_broken_header(quick, tmp_path):
 def test_evaluate_all_six_shared_tasks(quick, shared_data, tmp_path):
   task_names = runner.expand_csn(TASKS, ["merl", "exact"])
   results = runner.evaluate_models(
-      [str(quick["export"])], task_names=task_names, fractions=[0.01, 0.1, 1.0],
+      [str(quick["export"])], task_names=task_names, fractions=[0.01, 1.0],
       data_root=shared_data, out=tmp_path / "eval",
+      # Small settings: this test is about every task and record being scored, not the probes.
       protocol=runner.Protocol(features=("concat",), resamples=200,
-                               merl=linear_probe.ProbeConfig(epochs=3)),
+                               merl=linear_probe.ProbeConfig(epochs=3),
+                               logreg=logreg_probe.LogRegConfig(c_grid=(0.1, 1.0))),
       batch_size=128, progress=False)
   assert [r["model"] for r in results] == ["export"]
   r = results[0]
