@@ -2,7 +2,9 @@ r"""Evaluates pretrained encoders on the MERL benchmark: zero-shot and linear pr
 
   python -m cgdmer_jax.evaluate --workdir=RUN[,RUN2,...] [--random_init] \
       --tasks=ptbxl_super,ptbxl_sub,ptbxl_form,ptbxl_rhythm,cpsc2018,csn \
-      --fractions=1,10,100 --data_root=DATA [--tables_root=DIR] [--out=DIR]
+      --fractions=1,10,100 --data_root=DATA [--split=test|val] [--probe=merl,logreg] \
+      [--features=shared,specific,concat] [--csn_labels=merl,exact] [--compare=A,B] \
+      [--tables_root=DIR] [--out=DIR]
 
 Each `--workdir` entry is a training workdir or an export folder; `--random_init` adds the
 same architecture with random weights (the baseline a pretrained encoder must beat); the
@@ -10,8 +12,12 @@ ablation variants are evaluated by listing their workdirs. The data root holds `
 (PTB-XL layout with `merl_splits/`), `cpsc2018/` (with `labels_icbeb_merl.csv`), `csn/`
 (with `labels_chapman_merl.csv`) and `merl_zeroshot/CKEPE_prompt.json`.
 
+`--split=val` reports val and never reads test (for recipe decisions). Every macro AUC comes
+with a 95 % bootstrap interval; `--compare=A,B` (default: the first model against the
+random-init baseline) adds the paired interval of A - B. See docs/EVALUATION.md.
+
 Writes `<out>/<model>/results.{json,md}` and `plots/`, and `<out>/summary.md` with every
-model's row. Default --out: `<first workdir>/eval`.
+model's row and the comparisons (`comparisons.json`). Default --out: `<first workdir>/eval`.
 Exit status: 0 done; 2 bad usage (unknown task, missing model or data); 1 other errors.
 """
 
@@ -40,9 +46,27 @@ _TABLES_ROOT = flags.DEFINE_string("tables_root", None, "Folder the label tables
 _PROMPTS = flags.DEFINE_string("prompts", None, "Zero-shot prompt JSON (default: "
                                "<data_root>/merl_zeroshot/CKEPE_prompt.json).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: <first workdir>/eval).")
-_EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs.")
-_PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "Linear-probe learning rate (AdamW).")
-_PROBE_BATCH = flags.DEFINE_integer("probe_batch_size", 256, "Linear-probe batch size.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "val"], "The split that is scored; with "
+                           "'val' the test split is never read.")
+_PROBE = flags.DEFINE_list("probe", ["merl", "logreg"], "Linear probes: 'merl' (MERL's head "
+                           "and settings), 'logreg' (standardised scikit-learn logistic "
+                           "regression, C chosen on val).")
+_FEATURES = flags.DEFINE_list("features", ["shared", "specific", "concat"], "Probed ECG "
+                              "features: shared, specific, concat (= both).")
+_CSN_LABELS = flags.DEFINE_list("csn_labels", ["merl"], "Readings of the CSN labels for the "
+                                "csn task: 'merl' (the table's columns, as published), "
+                                "'exact' (diagnosis tokens); both: merl,exact.")
+_COMPARE = flags.DEFINE_list("compare", None, "Two model names A,B: paired bootstrap interval "
+                             "of A - B (default: first model vs random init).")
+_RESAMPLES = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per interval.")
+_EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "MERL probe epochs (MERL: 100).")
+_PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "MERL probe learning rate (Adam; MERL: 1e-3).")
+_PROBE_BATCH = flags.DEFINE_integer("probe_batch_size", 16, "MERL probe batch size (MERL: 16).")
+_LR_DROP = flags.DEFINE_integer("probe_lr_drop_at", 40, "MERL probe: the learning rate drops "
+                                "10x after this many scheduler steps (MERL's MultiStepLR, "
+                                "stepped per batch and per epoch); 0: never.")
+_C_GRID = flags.DEFINE_list("logreg_c", ["0.001", "0.01", "0.1", "1", "10"],
+                            "Grid of the logreg probe's inverse regularisation C.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "ECGs per encoder call.")
 _STEP = flags.DEFINE_string("step", "latest", "Checkpoint of training workdirs: 'latest', a "
                             "step number, or 'best' (kept by zero-shot model selection).")
@@ -54,21 +78,34 @@ def main(argv) -> int:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import logreg_probe  # pylint: disable=g-import-not-at-top
   try:
     fractions = [float(f) / 100 for f in _FRACTIONS.value]
     from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-    probe = linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
-                                     batch_size=_PROBE_BATCH.value)
+    protocol = runner.Protocol(
+        split=_SPLIT.value, probes=tuple(_PROBE.value), features=tuple(_FEATURES.value),
+        merl=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
+                                      batch_size=_PROBE_BATCH.value,
+                                      lr_drop_at=_LR_DROP.value or None),
+        logreg=logreg_probe.LogRegConfig(c_grid=tuple(float(c) for c in _C_GRID.value)),
+        resamples=_RESAMPLES.value)
+    compare = None
+    if _COMPARE.value is not None:
+      if len(_COMPARE.value) != 2:
+        raise ValueError(f"--compare takes two model names A,B, got {_COMPARE.value}")
+      compare = [tuple(_COMPARE.value)]
     results = runner.evaluate_models(
         _WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
-        task_names=_TASKS.value, fractions=fractions, data_root=_DATA_ROOT.value,
-        tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value, out=_OUT.value,
-        probe_config=probe, batch_size=_BATCH.value, step=_STEP.value)
+        task_names=runner.expand_csn(_TASKS.value, _CSN_LABELS.value), fractions=fractions,
+        data_root=_DATA_ROOT.value, tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value,
+        out=_OUT.value, protocol=protocol, compare=compare, batch_size=_BATCH.value,
+        step=_STEP.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(runner.markdown(results))
+  del results  # summary.md holds every model's rows and the paired comparisons
   out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value[0]) / "eval")
+  print((out / "summary.md").read_text())
   print(f"results and plots in {out}/")
   return 0
 

@@ -54,6 +54,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   from cgdmer_jax import export  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import report  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   from data_pipelines import signal  # pylint: disable=g-import-not-at-top
   from data_pipelines import write  # pylint: disable=g-import-not-at-top
@@ -89,14 +90,14 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   results = runner.evaluate_models([str(run_dir)], random_init=True, task_names=[
       "ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "csn"],
       fractions=[0.01, 0.1, 1.0], data_root=sample, out=eval_dir,
-      probe_config=linear_probe.ProbeConfig(epochs=probe_epochs))
+      protocol=runner.Protocol(merl=linear_probe.ProbeConfig(epochs=probe_epochs)))
 
   print("[4/5] exporting the encoders", flush=True)
   export_dir = workdir / "export"
   export.export_model(run_dir, export_dir, overwrite=True)
 
   print("[5/5] results (macro AUC x 100 on the sample's small test splits)\n", flush=True)
-  print(runner.markdown(results))
+  print(report.markdown(results))
   plots = sorted(str(p) for p in eval_dir.rglob("*.png"))
   print(f"results: {eval_dir}/summary.md and {eval_dir}/<model>/results.json")
   print(f"plots:   {len(plots)} PNG files under {eval_dir}/<model>/plots/")

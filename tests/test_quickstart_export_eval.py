@@ -13,6 +13,7 @@ import pytest
 from cgdmer_jax import inference
 from cgdmer_jax import quickstart
 from cgdmer_jax.evaluators import linear_probe
+from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import runner
 from configs import pretrain
 from data_pipelines import locate
@@ -30,16 +31,25 @@ def quick(tmp_path_factory):
 def test_quickstart_produces_table_plots_and_export(quick):
   summary = (quick["eval"] / "summary.md").read_text()
   assert "| pretrain | zero-shot |" in summary
-  assert "| random_init(seed=0) | linear probe 100% |" in summary
+  for probe in ("merl", "logreg"):
+    for feat in ("shared", "specific", "concat"):
+      assert f"| random_init(seed=0) | linear probe 100% {probe} {feat} |" in summary
+  # Two training records at 1 %: no number, and the reason, instead of 50.0.
+  assert "| pretrain | linear probe 1% merl concat | – |" in summary
+  assert "can be trained" in summary
+  assert "Paired difference pretrain − random_init(seed=0)" in summary
   names = {os.path.basename(p) for p in quick["plots"]}
-  for task in TASKS[:4] + ["cpsc2018"]:
+  for task in TASKS[:4]:
     assert f"{task}_per_class_auc.png" in names, names
+    assert f"{task}_macro_auc.png" in names, names
   assert "ptbxl_super_test_tsne.png" in names
   for p in quick["plots"]:
     assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   res = json.loads((quick["eval"] / "pretrain" / "results.json").read_text())
-  assert 0.0 <= res["tasks"]["ptbxl_super"]["zero_shot"]["macro_auc"] <= 1.0
-  assert set(res["tasks"]["ptbxl_super"]["linear_probe"]) == {"1", "10", "100"}
+  zs = res["tasks"]["ptbxl_super"]["zero_shot"]
+  assert zs["interval"][0] <= zs["auc"] <= zs["interval"][1]
+  assert set(res["tasks"]["ptbxl_super"]["linear_probe"]["logreg"]["concat"]) == {
+      "1", "10", "100"}
   for f in ("ecg_encoder.jax_exported", "text_encoder.jax_exported", "export_info.json",
             "tokenizer.model", "config.json"):
     assert (quick["export"] / f).is_file(), f
@@ -134,20 +144,40 @@ def test_embed_cli_good_records_and_a_broken_header(quick, tmp_path):
 
 
 def test_evaluate_all_six_shared_tasks(quick, shared_data, tmp_path):
+  task_names = runner.expand_csn(TASKS, ["merl", "exact"])
   results = runner.evaluate_models(
-      [str(quick["export"])], task_names=TASKS, fractions=[0.01, 0.1, 1.0],
+      [str(quick["export"])], task_names=task_names, fractions=[0.01, 1.0],
       data_root=shared_data, out=tmp_path / "eval",
-      probe_config=linear_probe.ProbeConfig(epochs=3), batch_size=128, progress=False)
+      # Small settings: this test is about every task and record being scored, not the probes.
+      protocol=runner.Protocol(features=("concat",), resamples=200,
+                               merl=linear_probe.ProbeConfig(epochs=3),
+                               logreg=logreg_probe.LogRegConfig(c_grid=(0.1, 1.0))),
+      batch_size=128, progress=False)
   assert [r["model"] for r in results] == ["export"]
-  for r in results:
-    for task in TASKS:
-      e = r["tasks"][task]
-      assert e["counts"]["test"] > 0, (task, e["counts"])
-      assert not e["left_out"], (task, e["left_out"])
-      assert e["zero_shot"]["macro_auc"] is not None, task
-      for frac in ("1", "10", "100"):
-        assert e["linear_probe"][frac]["test_auc"] is not None, (task, frac)
-    print(r["model"], "ptbxl_super test: zero-shot",
-          r["tasks"]["ptbxl_super"]["zero_shot"]["macro_auc"], "probe 100%",
-          r["tasks"]["ptbxl_super"]["linear_probe"]["100"]["test_auc"])
-  assert (tmp_path / "eval" / "summary.md").is_file()
+  r = results[0]
+  for task in task_names:
+    e = r["tasks"][task]
+    assert e["counts"]["test"] > 0, (task, e["counts"])
+    assert not e["left_out"], (task, e["left_out"])
+    for probe in ("merl", "logreg"):
+      cell = e["linear_probe"][probe]["concat"]["100"]
+      assert cell["subset"]["unreadable_dropped"] == 0
+      if task.startswith("ptbxl"):
+        assert cell["auc"] is not None, (task, probe)
+        assert cell["interval"][0] <= cell["auc"] <= cell["interval"][1]
+  for task in TASKS[:4]:
+    assert r["tasks"][task]["zero_shot"]["auc"] is not None, task
+  print(r["model"], "ptbxl_super test: zero-shot", r["tasks"]["ptbxl_super"]["zero_shot"]["auc"],
+        "logreg 100%", r["tasks"]["ptbxl_super"]["linear_probe"]["logreg"]["concat"]["100"]["auc"])
+  # Both CSN label readings in one run: zero-shot and probe rows, positives under each.
+  summary = (tmp_path / "eval" / "summary.md").read_text()
+  header = summary.splitlines()[0]
+  assert "| csn | csn_exact |" in header
+  by_reading = r["tasks"]["csn"]["positives_by_reading"]
+  assert (by_reading["merl"]["AF"], by_reading["exact"]["AF"]) == (4, 3)
+  assert r["tasks"]["csn"]["positives"]["train"]["ST"] > (
+      r["tasks"]["csn_exact"]["positives"]["train"]["ST"])
+  for metric in ("zero-shot", "linear probe 100% merl concat", "linear probe 100% logreg concat"):
+    row = next(line for line in summary.splitlines() if f"| export | {metric} |" in line)
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cols) == 2 + len(task_names), row

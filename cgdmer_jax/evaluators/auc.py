@@ -13,6 +13,10 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+# A macro mean over fewer classes is not shown as a number: one class is not a macro mean,
+# and none is not a measurement ("–" with the reason instead of 50.0).
+MIN_CLASSES = 2
+
 
 @dataclasses.dataclass
 class AUCResult:
@@ -43,14 +47,32 @@ def macro_auc(y_true: np.ndarray, scores: np.ndarray, classes: Sequence[str]) ->
                      "do not match")
   if not np.all(np.isfinite(scores)):
     raise ValueError("scores contain NaN or Inf")
-  per_class, skipped = {}, {}
-  for j, name in enumerate(classes):
-    pos = int(y_true[:, j].sum())
-    if pos == 0:
-      skipped[name] = f"no positive among {len(y_true)} examples"
-    elif pos == len(y_true):
-      skipped[name] = f"no negative among {len(y_true)} examples"
-    else:
-      per_class[name] = float(roc_auc_score(y_true[:, j], scores[:, j]))
+  keep, skipped = two_label_classes(y_true, classes)
+  per_class = {classes[j]: float(roc_auc_score(y_true[:, j], scores[:, j])) for j in keep}
   macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
   return AUCResult(per_class, skipped, macro)
+
+
+def two_label_classes(y: np.ndarray, classes: Sequence[str], what: str = "examples"
+                      ) -> tuple[list[int], dict[str, str]]:
+  """Columns with both a positive and a negative, and why the others have no AUC.
+
+  Args:
+    y: [N, C] 0/1 labels.
+    classes: C class names.
+    what: how the rows are called in the reasons (e.g. "training rows").
+
+  Returns:
+    (indices of the usable columns, {class: reason} for the others).
+  """
+  y = np.asarray(y)
+  keep, skipped = [], {}
+  for j, name in enumerate(classes):
+    pos = int(y[:, j].sum()) if len(y) else 0
+    if pos == 0:
+      skipped[name] = f"no positive among {len(y)} {what}"
+    elif pos == len(y):
+      skipped[name] = f"no negative among {len(y)} {what}"
+    else:
+      keep.append(j)
+  return keep, skipped

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation: per-class AUC bars per task, and a t-SNE map of test ECGs."""
+"""PNG plots of an evaluation: per-class AUC bars and macro AUCs with their 95 % bootstrap
+intervals per task, and a t-SNE map of the evaluated ECGs."""
 
 from __future__ import annotations
 
@@ -11,33 +12,72 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def per_class_auc(path: pathlib.Path, title: str, series: dict[str, dict[str, float]],
+def _with_interval(v) -> tuple[float, float, float]:
+  return tuple(v) if isinstance(v, (tuple, list)) else (v, np.nan, np.nan)
+
+
+def per_class_auc(path: pathlib.Path, title: str,
+                  series: dict[str, dict[str, float | tuple[float, float, float]]],
                   skipped: list[str]) -> pathlib.Path:
   """Grouped bars: one group per class, one bar per series (e.g. zero-shot, probe 100 %).
 
   Args:
     path: output PNG.
     title: figure title.
-    series: {series name: {class: AUC}}.
-    skipped: classes without both labels in the evaluated set (drawn as gaps, listed).
+    series: {series name: {class: AUC or (AUC, low, high)}}; intervals are drawn as error
+      bars.
+    skipped: classes without an AUC in any series (listed in the title, not drawn).
 
   Returns:
     `path`.
   """
-  classes = sorted({c for s in series.values() for c in s} | set(skipped))
+  classes = sorted({c for s in series.values() for c in s})
   width = 0.8 / max(len(series), 1)
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(classes) + 2), 4.2))
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(classes) * len(series) + 2), 4.4))
   x = np.arange(len(classes))
   for i, (name, aucs) in enumerate(series.items()):
-    vals = [aucs.get(c, np.nan) for c in classes]
-    ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=name)
+    vals = np.array([_with_interval(aucs.get(c, np.nan)) for c in classes], np.float64)
+    err = np.abs(np.stack([vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]]))
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, vals[:, 0], width, label=name,
+           yerr=np.where(np.isnan(err), 0, err), error_kw={"lw": 0.6, "capsize": 1})
   ax.axhline(0.5, color="grey", lw=0.8, ls="--")
   ax.set_xticks(x, classes, rotation=60, ha="right", fontsize=8)
   ax.set_ylim(0, 1)
   ax.set_ylabel("ROC-AUC")
   note = f" (no AUC: {', '.join(skipped)})" if skipped else ""
   ax.set_title(title + note, fontsize=9)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=6, loc="lower right")
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def macro_intervals(path: pathlib.Path, title: str,
+                    rows: dict[str, tuple[float, float, float]]) -> pathlib.Path:
+  """Macro AUC of every metric of one task as a point with its interval (one line each).
+
+  Args:
+    path: output PNG.
+    title: figure title.
+    rows: {metric: (AUC, low, high)}.
+
+  Returns:
+    `path`.
+  """
+  names = list(rows)
+  vals = np.array([rows[n] for n in names], np.float64)
+  y = np.arange(len(names))[::-1]
+  fig, ax = plt.subplots(figsize=(7.0, 0.22 * len(names) + 1.2))
+  err = np.abs(np.stack([vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]]))
+  ax.errorbar(vals[:, 0], y, xerr=np.where(np.isnan(err), 0, err), fmt="o", ms=3, lw=1,
+              capsize=2)
+  ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+  ax.set_yticks(y, names, fontsize=7)
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("macro ROC-AUC (95% bootstrap interval)")
+  ax.set_title(title, fontsize=9)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)

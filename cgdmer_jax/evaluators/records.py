@@ -55,16 +55,26 @@ def locator(task: tasks_lib.Task, data_root: str | pathlib.Path, fs: int):
   return _name_locator(root, task.id_columns[0])
 
 
+# Encoder outputs kept per record: the zero-shot space and the two probe-able parts.
+OUTPUTS = ("embedding", "shared", "specific")
+
+
 @dataclasses.dataclass
 class TaskData:
-  """One task's features and labels per split, with what was left out."""
+  """One task's features and labels per split, with what was left out.
+
+  `rows[split]` are the label-table row numbers of the kept records (aligned with `x`, `y`),
+  so label subsets can be drawn on the whole table and then intersected with what was read.
+  """
   classes: tuple[str, ...]
-  x: dict[str, dict[str, np.ndarray]]   # split -> feature name -> [N, D]
+  x: dict[str, dict[str, np.ndarray]]   # split -> output name -> [N, D]
   y: dict[str, np.ndarray]              # split -> [N, C]
   left_out: dict[str, list[dict]]       # split -> [{row, reason}]
+  rows: dict[str, np.ndarray]           # split -> [N] table row numbers
+  table_rows: dict[str, int]            # split -> rows in the label table
 
   def counts(self) -> dict[str, int]:
-    return {s: int(len(self.y[s])) for s in SPLITS}
+    return {s: int(len(y)) for s, y in self.y.items()}
 
 
 class FeatureCache:
@@ -88,7 +98,7 @@ class FeatureCache:
                                     np.asarray([c.valid_len for _, c in batch]),
                                     np.stack([c.lead_mask for _, c in batch]))
       for i, (loc, _) in enumerate(batch):
-        self._feats[loc.path] = {k: outs[k][i] for k in ("embedding", "probe")}
+        self._feats[loc.path] = {k: outs[k][i] for k in OUTPUTS}
       batch.clear()
 
     for loc, canon, reason in tqdm(self.reader.read_many(todo), total=len(todo),
@@ -104,12 +114,13 @@ class FeatureCache:
     return [self._feats[loc.path] for loc in locs]
 
 
-def load_task(task: tasks_lib.Task, data_root, tables_root, cache: FeatureCache) -> TaskData:
-  """Features and labels of every split of `task`."""
+def load_task(task: tasks_lib.Task, data_root, tables_root, cache: FeatureCache,
+              splits_needed=SPLITS) -> TaskData:
+  """Features and labels of `splits_needed` of `task` (the other splits are not read)."""
   splits = tasks_lib.read_labels(task, tables_root)
   find = locator(task, data_root, cache.encoder.fs)
-  x, y, left_out = {}, {}, {}
-  for split in SPLITS:
+  x, y, left_out, kept_rows = {}, {}, {}, {}
+  for split in splits_needed:
     frame = splits[split].frame
     rows = frame.to_dict("records")
     locs = [find(r) for r in rows]
@@ -127,6 +138,8 @@ def load_task(task: tasks_lib.Task, data_root, tables_root, cache: FeatureCache)
     idx = np.asarray([i for i, _ in keep], dtype=np.int64)
     y[split] = splits[split].y[idx] if len(idx) else splits[split].y[:0]
     x[split] = {k: (np.stack([f[k] for _, f in keep]) if keep else np.zeros((0, 0), np.float32))
-                for k in ("embedding", "probe")}
+                for k in OUTPUTS}
+    kept_rows[split] = idx
     left_out[split] = sorted(left, key=lambda r: r["row"])
-  return TaskData(splits["train"].classes, x, y, left_out)
+  return TaskData(splits["train"].classes, x, y, left_out, kept_rows,
+                  {s: len(splits[s].frame) for s in splits_needed})

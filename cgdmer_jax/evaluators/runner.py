@@ -1,35 +1,85 @@
 """Runs the MERL benchmark for one encoder: zero-shot and linear probing on every task.
 
-Writes into `out_dir`: `results.json` (everything: per-class AUCs, skipped classes, rows left
-out, counts), `results.md` (the table) and `plots/` (per-class AUC bars per task, t-SNE of
-the PTB-XL super-class test ECGs).
+One `Protocol` says what is measured: the evaluated split (test, or val for recipe decisions
+that must not look at test), the probes (`merl`: MERL's own head and settings; `logreg`:
+standardised features and scikit-learn logistic regression with C chosen on val), the probed
+features (`shared`, `specific`, `concat` = both; extracted once, probed side by side) and the
+bootstrap. Label fractions are drawn on the whole train table (MERL's `train_test_split`) and
+then intersected with the rows that could be read, so an unreadable record changes nothing but
+its own row; the number dropped is printed and stored.
+
+Writes into `out_dir`: `results.json` (everything: per-class AUCs and intervals, untrained and
+skipped classes, rows left out, counts, positives per class), `results.md` (the table) and
+`plots/` (per-class AUC bars and macro AUCs with intervals per task, t-SNE of the PTB-XL
+super-class ECGs of the evaluated split).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Sequence
 
 import numpy as np
 
+from cgdmer_jax.evaluators import bootstrap
+from cgdmer_jax.evaluators import cells
 from cgdmer_jax.evaluators import linear_probe
+from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import plots
 from cgdmer_jax.evaluators import records
+from cgdmer_jax.evaluators import report
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
 
 TSNE_TASK = "ptbxl_super"
+PROBES = ("merl", "logreg")
+FEATURES = ("shared", "specific", "concat")
 
 
-def _pct(v) -> str:
-  return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """What an evaluation measures (see the module docstring)."""
+  split: str = "test"
+  probes: tuple[str, ...] = PROBES
+  features: tuple[str, ...] = FEATURES
+  merl: linear_probe.ProbeConfig = linear_probe.ProbeConfig()
+  logreg: logreg_probe.LogRegConfig = logreg_probe.LogRegConfig()
+  resamples: int = bootstrap.NUM_RESAMPLES
+  seed: int = 0
+
+  def check(self) -> "Protocol":
+    """Raises ValueError on an unknown split, probe or feature."""
+    if self.split not in ("val", "test"):
+      raise ValueError(f"--split must be val or test, got {self.split!r}")
+    for what, got, known in (("probe", self.probes, PROBES), ("feature", self.features,
+                                                               FEATURES)):
+      bad = [g for g in got if g not in known]
+      if bad or not got:
+        raise ValueError(f"unknown {what} {bad or got}; known: {', '.join(known)}")
+    if self.resamples < 10:
+      raise ValueError(f"bootstrap resamples must be >= 10, got {self.resamples}")
+    return self
+
+
+def expand_csn(task_names: Sequence[str], readings: Sequence[str]) -> list[str]:
+  """Replaces the `csn` task by one task per CSN label reading ('merl' -> csn, 'exact' ->
+  csn_exact), in place."""
+  bad = [r for r in readings if r not in tasks_lib.CSN_READINGS]
+  if bad or not readings:
+    raise ValueError(f"unknown CSN label reading {bad or list(readings)}; known: "
+                     f"{', '.join(tasks_lib.CSN_READINGS)}")
+  out = []
+  for t in task_names:
+    out += [tasks_lib.CSN_READINGS[r] for r in readings] if t == "csn" else [t]
+  return list(dict.fromkeys(out))
 
 
 def _clean(obj):
-  """JSON-safe copy: NaN -> None, numpy scalars -> Python numbers."""
+  """JSON-safe copy: NaN -> None, numpy scalars -> Python numbers, private '_' keys dropped."""
   if isinstance(obj, dict):
-    return {str(k): _clean(v) for k, v in obj.items()}
+    return {str(k): _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
   if isinstance(obj, (list, tuple)):
     return [_clean(v) for v in obj]
   if isinstance(obj, (np.floating, float)):
@@ -39,12 +89,31 @@ def _clean(obj):
   return obj
 
 
+def _features(x: dict[str, np.ndarray], name: str) -> np.ndarray:
+  if name == "concat":
+    return np.concatenate([x["shared"], x["specific"]], axis=-1)
+  return x[name]
+
+
+def _subset(data: records.TaskData, fraction: float) -> tuple[np.ndarray, dict]:
+  """Positions (in the read rows) of the fraction drawn on the whole train table."""
+  drawn = linear_probe.label_subset(data.table_rows["train"], fraction)
+  pos = np.flatnonzero(np.isin(data.rows["train"], drawn))
+  return pos, {"drawn": int(len(drawn)), "unreadable_dropped": int(len(drawn) - len(pos)),
+               "train_rows": int(len(pos))}
+
+
+def _probe(protocol: Protocol, probe: str, *args, **kwargs) -> dict:
+  if probe == "merl":
+    return linear_probe.train_and_score(*args, config=protocol.merl, **kwargs)
+  return logreg_probe.train_and_score(*args, config=protocol.logreg, **kwargs)
+
+
 def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[float], *,
                      data_root, tables_root=None, prompts_path=None,
-                     probe_config: linear_probe.ProbeConfig = linear_probe.ProbeConfig(),
-                     out_dir=None, zero_shot_split: str = "test", progress: bool = True
+                     protocol: Protocol = Protocol(), out_dir=None, progress: bool = True
                      ) -> dict:
-  """Zero-shot and linear-probe macro AUCs of `encoder` on `task_names`.
+  """Zero-shot and linear-probe macro AUCs (with intervals) of `encoder` on `task_names`.
 
   Args:
     encoder: a `cgdmer_jax.inference.Encoder`.
@@ -53,116 +122,131 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
     data_root: folder holding each task's dataset folder (ptbxl/, cpsc2018/, csn/).
     tables_root: folder the label tables are relative to (default: data_root).
     prompts_path: CKEPE prompt JSON (default: data_root/merl_zeroshot/CKEPE_prompt.json).
-    probe_config: linear head optimisation.
+    protocol: split, probes, features and bootstrap settings.
     out_dir: where results and plots go (None: nothing written).
-    zero_shot_split: the split zero-shot is scored on.
     progress: progress bars.
 
   Returns:
-    The results dict written to results.json.
+    The results dict written to results.json, plus private "_" keys (scores of the
+    evaluated records) used by `report.compare`.
   """
+  protocol = protocol.check()
   data_root = pathlib.Path(data_root)
   tables_root = pathlib.Path(tables_root or data_root)
   prompts_path = pathlib.Path(prompts_path or data_root / "merl_zeroshot" / "CKEPE_prompt.json")
   prompts = zero_shot.load_prompts(prompts_path) if encoder.text_fn is not None else None
   cache = records.FeatureCache(encoder, progress=progress)
   out_dir = pathlib.Path(out_dir) if out_dir else None
-  results = {"model": encoder.name, "fractions": list(fractions), "tasks": {}, "plots": []}
+  rep = protocol.split
+  sel = "val" if rep == "test" else None  # never select on the split that is reported
+  needed = ("train", "val", "test") if rep == "test" else ("train", "val")
+  results = {"model": encoder.name, "fractions": list(fractions), "split": rep,
+             "probes": list(protocol.probes), "features": list(protocol.features),
+             "bootstrap": {"resamples": protocol.resamples, "seed": protocol.seed,
+                           "level": bootstrap.LEVEL},
+             "merl_probe": dataclasses.asdict(protocol.merl),
+             "logreg_probe": dataclasses.asdict(protocol.logreg), "tasks": {}, "plots": []}
 
   for name in task_names:
     task = tasks_lib.TASKS[name]
-    data = records.load_task(task, data_root, tables_root, cache)
-    entry = {"classes": list(data.classes), "counts": data.counts(),
-             "left_out": {s: rows for s, rows in data.left_out.items() if rows}}
-    series: dict[str, dict[str, float]] = {}
-    skipped: set[str] = set()
+    data = records.load_task(task, data_root, tables_root, cache, splits_needed=needed)
+    entry = {"classes": list(data.classes), "labels": task.labels, "counts": data.counts(),
+             "table_rows": data.table_rows,
+             "left_out": {s: rows for s, rows in data.left_out.items() if rows},
+             "positives": {s: dict(zip(data.classes, map(int, y.sum(0))))
+                           for s, y in data.y.items()}}
+    if task.diagnosis_column is not None:
+      entry["positives_by_reading"] = tasks_lib.label_positives(task, tables_root)
+    results["tasks"][name] = entry
+    y_rep = data.y[rep]
+    if not len(y_rep):
+      entry["reason"] = (f"no {rep} rows in the label table" if not data.table_rows[rep]
+                         else f"none of the {data.table_rows[rep]} {rep} records could be read")
+      continue
+    counts = bootstrap.resample_counts(len(y_rep), protocol.resamples, protocol.seed)
+    entry["_y"], entry["_rows"] = y_rep, data.rows[rep]
     if prompts is None:
-      entry["zero_shot"] = {"skipped": "model has no report tower"}
-    elif len(data.y[zero_shot_split]) == 0:
-      entry["zero_shot"] = {"skipped": f"no {zero_shot_split} rows"}
+      entry["zero_shot"] = cells.no_cell("model has no report tower")
     else:
-      zs = zero_shot.evaluate(data.x[zero_shot_split]["embedding"], data.y[zero_shot_split],
-                              data.classes, lambda t: encoder.embed_text(t)["embedding"],
-                              prompts)
-      entry["zero_shot"] = zs
-      series["zero-shot"] = zs["per_class"]
-      skipped |= set(zs["skipped"])
-    entry["linear_probe"] = {}
+      texts, missing = zero_shot.class_prompts(data.classes, prompts)
+      s = zero_shot.scores(data.x[rep]["embedding"], encoder.embed_text(texts)["embedding"])
+      entry["zero_shot"] = {**cells.score(y_rep, s, data.classes, counts, split=rep),
+                            "prompts_missing": missing}
+    entry["linear_probe"] = {p: {f: {} for f in protocol.features} for p in protocol.probes}
     for frac in fractions:
       key = f"{100 * frac:g}"
-      n_train = len(data.y["train"])
-      if n_train == 0:
-        entry["linear_probe"][key] = {"skipped": "no train rows"}
-        continue
-      sub = linear_probe.label_subset(n_train, frac)
-      lp = linear_probe.train_and_score(
-          data.x["train"]["probe"][sub], data.y["train"][sub], data.x["val"]["probe"],
-          data.y["val"], data.x["test"]["probe"], data.y["test"], data.classes, probe_config)
-      entry["linear_probe"][key] = lp
-      if frac == max(fractions):
-        series[f"linear probe {key}%"] = lp["test_per_class"]
-        skipped |= set(lp["test_skipped"])
-    results["tasks"][name] = entry
-    if out_dir is not None and series:
-      p = plots.per_class_auc(out_dir / "plots" / f"{name}_per_class_auc.png",
-                              f"{encoder.name}: {name} test per-class AUC", series,
-                              sorted(skipped - {c for s in series.values() for c in s}))
-      results["plots"].append(str(p.relative_to(out_dir)))
-    if out_dir is not None and name == TSNE_TASK and len(data.y["test"]):
-      p = plots.tsne_map(out_dir / "plots" / f"{name}_test_tsne.png",
-                         f"{encoder.name}: t-SNE of {name} test ECG embeddings",
-                         data.x["test"]["probe"], data.y["test"], data.classes)
+      pos, info = _subset(data, frac)
+      if info["unreadable_dropped"]:
+        print(f"{encoder.name} {name} {key}%: {info['unreadable_dropped']} of the "
+              f"{info['drawn']} drawn training rows are unreadable and dropped")
+      for feat in protocol.features:
+        x_train = _features(data.x["train"], feat)[pos]
+        x_sel = _features(data.x[sel], feat) if sel else None
+        x_rep = _features(data.x[rep], feat)
+        for probe in protocol.probes:
+          cell = _probe(protocol, probe, x_train, data.y["train"][pos], x_sel,
+                        data.y[sel] if sel else None, x_rep, y_rep, data.classes, counts,
+                        split=rep)
+          entry["linear_probe"][probe][feat][key] = {**cell, "subset": info}
+    if out_dir is not None:
+      results["plots"] += [str(p.relative_to(out_dir)) for p in
+                           _task_plots(out_dir, encoder.name, name, entry, rep, fractions)]
+    if out_dir is not None and name == TSNE_TASK:
+      p = plots.tsne_map(out_dir / "plots" / f"{name}_{rep}_tsne.png",
+                         f"{encoder.name}: t-SNE of {name} {rep} ECG embeddings",
+                         data.x[rep]["shared"], y_rep, data.classes)
       if p is not None:
         results["plots"].append(str(p.relative_to(out_dir)))
 
   if out_dir is not None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = _clean(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(markdown([results]))
+    (out_dir / "results.json").write_text(json.dumps(_clean(results), indent=2))
+    (out_dir / "results.md").write_text(report.markdown([results]))
   return results
 
 
-def markdown(all_results: Sequence[dict]) -> str:
-  """Markdown table(s): rows model x metric, columns tasks; macro AUC x 100 on test.
-
-  Linear probing shows the val-selected test AUC and, in brackets, MERL's max over epochs.
-  """
-  task_names = list(dict.fromkeys(t for r in all_results for t in r["tasks"]))
-  lines = ["| model | metric | " + " | ".join(task_names) + " |",
-           "|---|---|" + "---|" * len(task_names)]
-  for r in all_results:
-    rows = {"zero-shot": []}
-    for frac in r["fractions"]:
-      rows[f"linear probe {100 * frac:g}%"] = []
-    for t in task_names:
-      e = r["tasks"].get(t, {})
-      zs = e.get("zero_shot", {})
-      rows["zero-shot"].append(_pct(zs.get("macro_auc")) if "macro_auc" in zs else "n/a")
-      for frac in r["fractions"]:
-        lp = e.get("linear_probe", {}).get(f"{100 * frac:g}", {})
-        cell = "n/a" if "test_auc" not in lp else (
-            f"{_pct(lp['test_auc'])} [{_pct(lp['test_auc_max_over_epochs'])}]")
-        rows[f"linear probe {100 * frac:g}%"].append(cell)
-    for metric, cells in rows.items():
-      lines.append(f"| {r['model']} | {metric} | " + " | ".join(cells) + " |")
-  lines += ["", "Macro ROC-AUC x 100 on the test split. Linear probe: test AUC at the epoch "
-            "with the best val AUC [MERL's max over epochs, selected on test]. Classes with "
-            "no positive or no negative test example are left out of the macro mean (see "
-            "results.json)."]
-  return "\n".join(lines) + "\n"
+def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.Path]:
+  """Per-class bars (zero-shot and every probe/feature at the largest fraction) and macros."""
+  top = f"{100 * max(fractions):g}"
+  per_class, macros = {}, {}
+  for label, cell in report.cells_of(entry):
+    if cell.get("auc") is None:
+      continue
+    macros[label] = (cell["auc"], *(cell.get("interval") or [np.nan, np.nan]))
+    if label == "zero-shot" or label.startswith(f"linear probe {top}% "):
+      per_class[label] = {c: (a, *(cell["per_class_interval"].get(c) or [np.nan, np.nan]))
+                          for c, a in cell["per_class"].items()}
+  out = []
+  if per_class:
+    scored = {c for s in per_class.values() for c in s}
+    out.append(plots.per_class_auc(
+        out_dir / "plots" / f"{task}_per_class_auc.png",
+        f"{model}: {task} {split} per-class AUC (95% bootstrap intervals)", per_class,
+        sorted(set(entry["classes"]) - scored)))
+  if macros:
+    out.append(plots.macro_intervals(out_dir / "plots" / f"{task}_macro_auc.png",
+                                     f"{model}: {task} {split} macro AUC, 95% intervals",
+                                     macros))
+  return out
 
 
 def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
-                    data_root, tables_root=None, prompts=None, out=None, probe_config=None,
-                    batch_size=64, progress=True, step=None) -> list[dict]:
+                    data_root, tables_root=None, prompts=None, out=None,
+                    protocol: Protocol = Protocol(), compare=None, batch_size=64,
+                    progress=True, step=None) -> list[dict]:
   """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
+
+  Args:
+    compare: (A, B) model-name pairs whose paired differences are computed; None: the
+      first model against the random-init baseline when there is one.
+    Others: as `evaluate_encoder`; `step` picks the checkpoint of training workdirs.
 
   Returns:
     One results dict per model (see `evaluate_encoder`).
   """
   from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
 
+  protocol = protocol.check()
   unknown = [t for t in task_names if t not in tasks_lib.TASKS]
   if unknown:
     raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks_lib.TASKS)}")
@@ -180,24 +264,38 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     config = inference.load_config(first / "config.json")
     encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
                                           batch_size=batch_size))
-  probe_config = probe_config or linear_probe.ProbeConfig()
-  names = set()
-  all_results = []
+  names = []
   for enc in encoders:
     name = enc.name
     while name in names:
       name += "_"
-    names.add(name)
-    all_results.append(evaluate_encoder(
-        enc, task_names, fractions, data_root=data_root, tables_root=tables_root,
-        prompts_path=prompts, probe_config=probe_config, out_dir=out / name.replace("/", "_"),
-        progress=progress))
+    names.append(name)
+  if compare is None:
+    compare = [(names[0], names[-1])] if random_init else []
+  for pair in compare:
+    bad = [m for m in pair if m not in names]
+    if len(pair) != 2 or bad:
+      raise ValueError(f"--compare needs two of the evaluated models {names}, got {list(pair)}")
+  all_results = []
+  for enc, name in zip(encoders, names):
+    res = evaluate_encoder(enc, task_names, fractions, data_root=data_root,
+                           tables_root=tables_root, prompts_path=prompts, protocol=protocol,
+                           out_dir=out / name.replace("/", "_"), progress=progress)
+    res["model"] = name
+    all_results.append(res)
+  by_name = dict(zip(names, all_results))
+  comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed)
+                 for a, b in compare]
   out.mkdir(parents=True, exist_ok=True)
-  (out / "summary.md").write_text(markdown(all_results))
+  text = report.markdown(all_results)
+  for c in comparisons:
+    text += "\n" + report.compare_markdown(c)
+  (out / "summary.md").write_text(text)
+  (out / "comparisons.json").write_text(json.dumps(_clean(comparisons), indent=2))
   (out / "summary.json").write_text(json.dumps(
-      [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")),
-        "tasks": {t: {"zero_shot": e.get("zero_shot", {}).get("macro_auc"),
-                      "linear_probe": {k: v.get("test_auc") for k, v in
-                                       e.get("linear_probe", {}).items()}}
-                  for t, e in r["tasks"].items()}} for r in all_results], indent=2))
+      [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")), "split": r["split"],
+        "tasks": {t: {label: {"auc": c.get("auc"), "interval": c.get("interval"),
+                              "reason": c.get("reason")}
+                      for label, c in report.cells_of(e)}
+                  for t, e in r["tasks"].items()}} for r in _clean(all_results)], indent=2))
   return all_results

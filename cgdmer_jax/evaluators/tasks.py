@@ -7,6 +7,13 @@ column order defines the class order and val/test are re-indexed to it.
 
 Splits: PTB-XL tasks have one table per split (folds 1-8 / 9 / 10); CPSC2018 and
 Chapman-Shaoxing-Ningbo have one table with a `merl_split` column.
+
+Chapman-Shaoxing-Ningbo labels are read two ways. MERL built the 0/1 columns of
+`labels_chapman_merl.csv` by a substring match on the comma-joined `diagnose` string, so `AVB`
+also marks `VB`, `AFIB` marks `AF`, `STTC` marks `ST` (7 of the 38 classes are supersets of the
+truth). `csn` reads the columns as they are (`labels="merl"`, comparable with published
+numbers); `csn_exact` makes a class positive when it is one of the comma-separated tokens of
+`diagnose` (`labels="exact"`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ class Task:
     split_column: the column naming the split, for single-table tasks.
     id_columns: columns that locate the record, tried in order (see `records.py`).
     meta_columns: non-label columns; every other column is a class.
+    labels: how the classes are read: "table" (the 0/1 columns), "merl" (the same, named after
+      a table built by MERL's substring match) or "exact" (tokens of `diagnosis_column`).
+    diagnosis_column: the comma-separated diagnosis column of the "merl"/"exact" readings.
   """
   name: str
   root: str
@@ -40,6 +50,8 @@ class Task:
   split_column: str | None
   id_columns: tuple[str, ...]
   meta_columns: tuple[str, ...]
+  labels: str = "table"
+  diagnosis_column: str | None = None
 
 
 _PTBXL_META = ("ecg_id", "patient_id", "strat_fold", "filename_lr", "filename_hr")
@@ -62,8 +74,46 @@ TASKS: dict[str, Task] = {
                                    "sex", "scp_codes", "merl_split")),
     "csn": Task(name="csn", root="csn", tables="csn/labels_chapman_merl.csv",
                 split_column="merl_split", id_columns=("ecg_path",),
-                meta_columns=("ecg_path", "age", "diagnose", "merl_split")),
+                meta_columns=("ecg_path", "age", "diagnose", "merl_split"), labels="merl",
+                diagnosis_column="diagnose"),
 }
+TASKS["csn_exact"] = dataclasses.replace(TASKS["csn"], name="csn_exact", labels="exact")
+# The label readings of the CSN task, by the name `evaluate --csn_labels` takes.
+CSN_READINGS = {"merl": "csn", "exact": "csn_exact"}
+
+
+def exact_labels(diagnoses, classes) -> np.ndarray:
+  """[N, C] 0/1: a class is positive when it is one of the comma-separated diagnosis tokens.
+
+  Args:
+    diagnoses: N diagnosis strings such as "AFIB,RBBB,TWC" (NaN/empty: no token).
+    classes: C class names.
+
+  Returns:
+    int8 labels.
+  """
+  y = np.zeros((len(diagnoses), len(classes)), np.int8)
+  col = {c: j for j, c in enumerate(classes)}
+  for i, d in enumerate(diagnoses):
+    if isinstance(d, str):
+      for token in d.split(","):
+        j = col.get(token.strip())
+        if j is not None:
+          y[i, j] = 1
+  return y
+
+
+def label_positives(task: "Task | str", tables_root) -> dict[str, dict[str, int]]:
+  """Positives per class over the whole table under each reading the task's table allows."""
+  task = TASKS[task] if isinstance(task, str) else task
+  readings = ["table"] if task.diagnosis_column is None else ["merl", "exact"]
+  out = {}
+  for reading in readings:
+    splits = read_labels(dataclasses.replace(task, labels=reading), tables_root)
+    classes = splits["train"].classes
+    total = sum(s.y.sum(0) for s in splits.values())
+    out[reading] = {c: int(v) for c, v in zip(classes, total)}
+  return out
 
 
 @dataclasses.dataclass
@@ -133,5 +183,11 @@ def read_labels(task: Task | str, tables_root: str | os.PathLike) -> dict[str, S
                        f"{sorted(set(classes) - set(cols))}, extra {sorted(set(cols) - set(classes))}")
     y = df[list(classes)].to_numpy(dtype=np.int8) if len(df) else np.zeros((0, len(classes)),
                                                                             np.int8)
+    if task.labels == "exact":
+      if task.diagnosis_column not in df.columns and len(df):
+        raise ValueError(f"{path}: no {task.diagnosis_column!r} column for exact labels")
+      y = exact_labels(df[task.diagnosis_column].tolist() if len(df) else [], classes)
+    elif task.labels not in ("table", "merl"):
+      raise ValueError(f"unknown label reading {task.labels!r} of task {task.name}")
     out[split] = Split(frame=df.reset_index(drop=True), y=y, classes=classes)
   return out
