@@ -34,6 +34,9 @@ from absl import logging
 _WORKDIR = flags.DEFINE_list("workdir", [], "Training workdirs and/or export folders.")
 _RANDOM = flags.DEFINE_bool("random_init", False, "Also evaluate a randomly initialised "
                             "encoder of the first model's architecture.")
+_BASELINES = flags.DEFINE_list("baselines", [], "Hand-crafted feature baselines scored "
+                               "beside the models: band_power (log Welch power in 15 bands of "
+                               "3 Hz per lead, 180 numbers).")
 _SEED = flags.DEFINE_integer("random_seed", 0, "Seed of the random-init baseline.")
 _TASKS = flags.DEFINE_list("tasks", ["ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm",
                                      "cpsc2018", "csn"], "Benchmark tasks.")
@@ -99,7 +102,7 @@ def main(argv) -> int:
         task_names=runner.expand_csn(_TASKS.value, _CSN_LABELS.value), fractions=fractions,
         data_root=_DATA_ROOT.value, tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value,
         out=_OUT.value, protocol=protocol, compare=compare, batch_size=_BATCH.value,
-        step=_STEP.value)
+        step=_STEP.value, baselines=tuple(_BASELINES.value))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

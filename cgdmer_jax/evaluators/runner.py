@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cgdmer_jax.evaluators import baselines as baselines_lib
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
 from cgdmer_jax.evaluators import linear_probe
@@ -230,13 +231,18 @@ def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.P
   return out
 
 
+BASELINES = {"band_power": baselines_lib.bandpower_encoder}
+
+
 def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
                     data_root, tables_root=None, prompts=None, out=None,
                     protocol: Protocol = Protocol(), compare=None, batch_size=64,
-                    progress=True, step=None) -> list[dict]:
+                    progress=True, step=None, baselines=()) -> list[dict]:
   """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
 
   Args:
+    baselines: hand-crafted feature baselines scored beside the models (`BASELINES` keys,
+      e.g. 'band_power'), canonicalised as the first model's records.
     compare: (A, B) model-name pairs whose paired differences are computed; None: the
       first model against the random-init baseline when there is one.
     Others: as `evaluate_encoder`; `step` picks the checkpoint of training workdirs.
@@ -264,6 +270,10 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     config = inference.load_config(first / "config.json")
     encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
                                           batch_size=batch_size))
+  for b in baselines:
+    if b not in BASELINES:
+      raise ValueError(f"unknown baseline {b!r}; known: {', '.join(BASELINES)}")
+    encoders.append(BASELINES[b](encoders[0].fs, encoders[0].seconds, batch_size=batch_size))
   names = []
   for enc in encoders:
     name = enc.name
