@@ -56,6 +56,16 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
         f"the dataset holds {info.num_samples} samples per lead but config.data.fs * seconds "
         f"= {want}: pass --config.data.seconds={info.num_samples / info.fs:g}")
   config_checks.check_reports(config, int(info.vocab_size), str(config.data.dir))
+  if config.data.get("mix"):
+    from cgdmer_jax.data import mixture  # pylint: disable=g-import-not-at-top
+    from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+    sources = mixture.sources_of(config)
+    try:
+      mixture.check([info] + [reader.load_info(s.data_dir) for s in sources[1:]],
+                    config.data.train_split)
+    except (ValueError, FileNotFoundError) as e:
+      raise config_checks.ConfigError(f"config.data.mix: {e}") from e
+    logging.info("training mixture: %s", mixture.describe(sources, config.data.train_split))
   with config.unlocked():
     config.model.vocab_size = int(info.vocab_size)
     config.model.max_report_len = int(info.max_report_len)
@@ -63,6 +73,12 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
 
 def train_stream(config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  if config.data.get("mix"):
+    from cgdmer_jax.data import mixture  # pylint: disable=g-import-not-at-top
+    return mixture.train_batches(
+        mixture.sources_of(config), split=config.data.train_split,
+        global_batch_size=config.data.batch_size, seed=config.seed, start_step=start_step,
+        shuffle_buffer=config.data.shuffle_buffer)
   return reader.train_batches(
       config.data.dir, split=config.data.train_split, global_batch_size=config.data.batch_size,
       seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer)

@@ -33,6 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ml_collections.config_dict.placeholder(str)
+  # More training datasets, mixed in: "DIR[:WEIGHT],DIR2[:WEIGHT2]" (cgdmer_jax/data/mixture.py);
+  # data.weight is data.dir's weight. No weights: sampled in proportion to their train splits.
+  # data.dir stays the primary: its val split, tokenizer and record shapes are the run's.
+  config.data.mix = ""
+  config.data.weight = 0.0
   config.data.fs = fs
   config.data.seconds = 10.0
   config.data.batch_size = 256 if args.size != "tiny" else 32   # global batch

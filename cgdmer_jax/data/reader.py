@@ -186,6 +186,53 @@ def _options() -> tf.data.Options:
   return opts
 
 
+def local_train_files(info: DatasetInfo, split: str, index: int, count: int) -> tuple[str, ...]:
+  """The shard files process `index` of `count` trains on: `files[index::count]`.
+
+  Raises:
+    ValueError: unknown split, fewer shard files than processes, or no example in them (an
+      endless stream over empty files would never yield).
+  """
+  files, lengths = _split_info(info, split)
+  if len(files) < count:
+    raise ValueError(f"split {split!r} of {info.data_dir} has {len(files)} shard files for "
+                     f"{count} processes: rebuild with --shards >= the process count")
+  if not sum(lengths[index::count]):
+    raise ValueError(f"split {split!r} of {info.data_dir} has no example in the files of "
+                     f"process {index}")
+  return tuple(files[index::count])
+
+
+def serialized_stream(files: tuple[str, ...] | list[str], *, seed: int, shuffle_buffer: int,
+                      cycle_length: int) -> tf.data.Dataset:
+  """Endless shuffled serialized records of `files` (one process's files; see the module doc).
+
+  Epoch e visits the files in the order of a stateless shuffle seeded by (seed, e);
+  `cycle_length` files are interleaved one record at a time; a seeded shuffle buffer follows.
+
+  Args:
+    files: shard paths of this process.
+    seed: shuffling seed.
+    shuffle_buffer: records in the shuffle buffer.
+    cycle_length: files read at once.
+
+  Returns:
+    A `tf.data.Dataset` of serialized examples (not parsed: skipping them is cheap).
+  """
+  local_files = tf.constant(list(files))
+  seed_t = tf.constant(seed, tf.int64)
+
+  def epoch_files(epoch):
+    order = tf.random.experimental.stateless_shuffle(local_files, seed=tf.stack([seed_t, epoch]))
+    return tf.data.Dataset.from_tensor_slices(order)
+
+  ds = tf.data.Dataset.counter().flat_map(epoch_files)
+  ds = ds.interleave(tf.data.TFRecordDataset,
+                     cycle_length=min(cycle_length, len(files)), block_length=1,
+                     num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+
+
 def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
                   global_batch_size: int, seed: int, start_step: int = 0,
                   shuffle_buffer: int = 10_000, process_index: int | None = None,
@@ -213,29 +260,12 @@ def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
       files than processes.
   """
   info = load_info(data_dir)
-  files, lengths = _split_info(info, split)
   index, count = _process(process_index, process_count)
-  if len(files) < count:
-    raise ValueError(f"split {split!r} has {len(files)} shard files for {count} processes: "
-                     "rebuild with --shards >= the process count")
-  if not sum(lengths[index::count]):
-    # An endless stream over empty files would never yield: fail instead.
-    raise ValueError(f"split {split!r} has no example in the files of process {index}")
   local_batch = _local_batch(global_batch_size, count)
   if start_step < 0:
     raise ValueError("start_step must be >= 0")
-  local_files = tf.constant(list(files[index::count]))
-  seed_t = tf.constant(seed, tf.int64)
-
-  def epoch_files(epoch):
-    order = tf.random.experimental.stateless_shuffle(local_files, seed=tf.stack([seed_t, epoch]))
-    return tf.data.Dataset.from_tensor_slices(order)
-
-  ds = tf.data.Dataset.counter().flat_map(epoch_files)
-  ds = ds.interleave(tf.data.TFRecordDataset,
-                     cycle_length=min(cycle_length, len(files[index::count])), block_length=1,
-                     num_parallel_calls=_AUTOTUNE, deterministic=True)
-  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  ds = serialized_stream(local_train_files(info, split, index, count), seed=seed,
+                         shuffle_buffer=shuffle_buffer, cycle_length=cycle_length)
   if start_step:
     ds = ds.skip(start_step * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
