@@ -221,7 +221,7 @@ def table(report: dict[str, Any]) -> str:
     mfu = r.get("mfu")
     lines.append(
         f"| {name} | {r['global_batch']} | {r['compile_s']:.1f} | {1e3 * r['step_s_p50']:.1f} | "
-        f"{r['examples_per_s']:.1f} | {(r['flops_per_step_xla'] or 0) / 1e12:.2f} | "
+        f"{r['examples_per_s']:.1f} | {(r['flops_per_step_xla'] or 0) / 1e9:.1f} | "
         f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
         f"{_gib(r.get('compiled_memory_bytes'))} / {_gib(r.get('peak_memory_bytes'))} | "
         f"{'' if vs is None else f'{vs:.2f}'} |")
