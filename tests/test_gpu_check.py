@@ -79,12 +79,12 @@ def test_budget_skips_and_watchdog_keeps_what_finished(tmp_path):
       "--dry_run", f"--out_dir={tmp_path / 'a'}", "--only=base,remat", "--budget_s=1"])
   assert res.returncode == 0, res.stderr[-3000:]
   ms = json.loads((tmp_path / "a" / "gpu_check.json").read_text())["measurements"]
-  assert ms["base"]["status"] == "skipped" and "budgeted 150 s" in ms["base"]["reason"]
+  assert ms["base"]["status"] == "skipped" and "budgeted 1500 s" in ms["base"]["reason"]
   assert ms["remat"] == {"status": "skipped", "reason": "'base' did not run"}
   # The watchdog ends a measurement that overruns and leaves the JSON behind.
   res = _run_without_tf("cgdmer_jax.perf.gpu_check", [
-      "--dry_run", f"--out_dir={tmp_path / 'b'}", "--only=base", "--budget_s=200",
-      "--grace_s=-195"], timeout=120)
+      "--dry_run", f"--out_dir={tmp_path / 'b'}", "--only=base", "--budget_s=160",
+      "--grace_s=-1590"], timeout=120)
   assert res.returncode == 3, res.stderr[-3000:]
   report = json.loads((tmp_path / "b" / "gpu_check.json").read_text())
   assert "during 'base'" in report["watchdog"] and "base" not in report["measurements"]
@@ -103,7 +103,7 @@ def test_summary_ratios_and_peer_command():
   ms = {"base": dict(status="ok", step_s_p50=0.2, examples_per_s=640.0, mfu=0.4),
         "remat": dict(status="ok", step_s_p50=0.26),
         "stmem_ours": dict(status="ok", examples_per_s=3000.0, step_s_p50=0.1),
-        "stmem_compile": dict(status="ok", examples_per_s=2000.0),
+        "stmem_compile": dict(status="ok", samples_per_s=2000.0),  # the harness's name
         "stmem_eager": dict(status="error", error="x")}
   s = gpu_check.summary(ms)
   assert s["ours_over_stmem_compile"] == pytest.approx(1.5)

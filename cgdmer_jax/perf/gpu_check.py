@@ -24,7 +24,8 @@ Each step is waited for; MFU = XLA FLOPs of the math / step time / the bf16 peak
 `flops.PEAK_TFLOPS`. `gpu_check.json` (everything so far) and `gpu_check.md` (the table) in
 --out_dir are rewritten after every measurement, and a watchdog ends the process (exit 3)
 --grace_s after the budget, so a run cut short still leaves what finished.
---dry_run: the same program on tiny sizes, 1 step each, the peer (if given) on the CPU.
+--dry_run: the same program on tiny sizes, 1 step each, the peer (if given) on the CPU,
+the total and each measurement's budget 10x.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s override (0: flops.
 PLAN = (("stmem_eager", 60), ("stmem_compile", 150), ("base", 150), ("stmem_ours", 60),
         ("xla_attention", 50), ("remat", 50), ("unrolled", 70), ("batch_chunks_8", 40),
         ("small", 90), ("einsum_attention", 50))
+DRY_RUN_BUDGET_SCALE = 10
 # The switches: (name, runs on, overrides); each flips one GPU default of the measured config.
 SWITCHES = {
     "xla_attention": ("base", {"model.attention": "xla"}),
@@ -158,8 +160,12 @@ class Recorder:
     """Atomic rewrite of gpu_check.json and gpu_check.md (caller holds the lock)."""
     self.report["elapsed_s"] = time.perf_counter() - self.t0
     self.report["summary"] = summary(self.report["measurements"])
-    for fname, text in (("gpu_check.json", json.dumps(self.report, indent=2, default=str)),
-                        ("gpu_check.md", table(self.report))):
+    outputs = [("gpu_check.json", json.dumps(self.report, indent=2, default=str))]
+    try:  # the JSON is what counts; a table that fails to render must not lose it
+      outputs.append(("gpu_check.md", table(self.report)))
+    except Exception as e:  # pylint: disable=broad-except
+      outputs.append(("gpu_check.md", f"table failed: {type(e).__name__}: {e}\n"))
+    for fname, text in outputs:
       tmp = os.path.join(self.out_dir, fname + ".tmp")
       with open(tmp, "w") as f:
         f.write(text)
@@ -190,7 +196,8 @@ def summary(ms: dict[str, dict]) -> dict[str, Any]:
     out["base_examples_per_s"] = ok["base"]["examples_per_s"]
   for peer in ("stmem_compile", "stmem_eager"):
     if "stmem_ours" in ok and peer in ok:
-      out[f"ours_over_{peer}"] = ok["stmem_ours"]["examples_per_s"] / ok[peer]["examples_per_s"]
+      # The harness calls them samples.
+      out[f"ours_over_{peer}"] = ok["stmem_ours"]["examples_per_s"] / ok[peer]["samples_per_s"]
   for name, (on, _) in SWITCHES.items():
     if name in ok and on in ok:
       out[f"{name}_time_vs_default"] = ok[name]["step_s_p50"] / ok[on]["step_s_p50"]
@@ -215,7 +222,7 @@ def table(report: dict[str, Any]) -> str:
     if "peer" in r:
       lines.append(f"| {name} (ST-MEM, compile {r['compile']}) | {r['batch']} | "
                    f"{sum(r['warmup_ms']) / 1e3:.1f} (warm-up) | {r['step_ms']['p50']:.1f} | "
-                   f"{r['examples_per_s']:.1f} | | | | |")
+                   f"{r['samples_per_s']:.1f} | | | | |")
       continue
     vs = s.get(f"{name}_time_vs_default")
     mfu = r.get("mfu")
@@ -256,7 +263,7 @@ def run_peer(rec: Recorder, compiled: bool, budget: float) -> dict[str, Any]:
   extra = ("--device", "cpu") if _DRY.value else ("--device", "cuda", "--autocast", "bf16")
   cmd = stmem_compare.peer_command(
       _PEER_PYTHON.value or sys.executable, _PEER_SCRIPT.value, _PEER_DIR.value, "tiny" if _DRY.value else "base",
-      _batch(_STMEM_BATCH), _STEPS.value, os.cpu_count() or 1, warmup=1 if _DRY.value else 3,
+      _batch(_STMEM_BATCH), 1 if _DRY.value else _STEPS.value, os.cpu_count() or 1, warmup=1 if _DRY.value else 3,
       extra=extra + (("--compile",) if compiled else ()))
   with rec.lock:
     rec.child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -339,15 +346,16 @@ def measure(config, devices, *, fit: bool, xla: dict | None = None) -> dict[str,
 
 def main(argv) -> None:
   del argv
-  rec = Recorder(_OUT_DIR.value, _BUDGET.value)
-  rec.watchdog(_BUDGET.value + _GRACE.value)
+  scale = DRY_RUN_BUDGET_SCALE if _DRY.value else 1  # a CPU is far slower than the GPU
+  rec = Recorder(_OUT_DIR.value, _BUDGET.value * scale)
+  rec.watchdog(_BUDGET.value * scale + _GRACE.value)
   rec.report.update(versions=_versions(), dry_run=_DRY.value, argv=sys.argv,
                     host_cpus=os.cpu_count())
   wanted = [n for n, _ in PLAN if not _ONLY.value or n in _ONLY.value]
   unknown = set(_ONLY.value) - {n for n, _ in PLAN}
   if unknown:
     raise app.UsageError(f"--only: unknown measurements {sorted(unknown)}")
-  budgets = dict(PLAN)
+  budgets = {n: b * scale for n, b in PLAN}
   done: dict[str, dict] = {}
   for name in ("stmem_eager", "stmem_compile"):  # before JAX takes the GPU
     if name in wanted:
