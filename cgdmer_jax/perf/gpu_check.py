@@ -20,12 +20,9 @@ holds its own budget (`PLAN`), so the most important numbers come first:
   4. Switches of `base`, one at a time, same batch and process: `xla_attention`, `remat`,
      `unrolled`; of `stmem_ours`: `batch_chunks_8` (the CPU choice); then `small` at its own
      filled batch; then `einsum_attention` on `base`.
-Each step is waited for; MFU = XLA FLOPs of the math / step time / the bf16 peak of
-`flops.PEAK_TFLOPS`. `gpu_check.json` (everything so far) and `gpu_check.md` (the table) in
---out_dir are rewritten after every measurement, and a watchdog ends the process (exit 3)
---grace_s after the budget, so a run cut short still leaves what finished.
---dry_run: the same program on tiny sizes, 1 step each, the peer (if given) on the CPU,
-the total and each measurement's budget 10x.
+MFU = XLA FLOPs / step time / the bf16 peak of `flops.PEAK_TFLOPS`. gpu_check.json and .md
+in --out_dir are rewritten after each measurement; a watchdog ends the process (exit 3)
+--grace_s after the budget. --dry_run: tiny sizes, 1 step, the peer on the CPU, budgets 10x.
 """
 
 from __future__ import annotations
@@ -75,7 +72,7 @@ _MEM_FRACTION = flags.DEFINE_float("memory_fraction", 0.7, "Fill this much of by
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (dry run: 1).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s override (0: flops.PEAK_TFLOPS).")
 
-# (name, seconds it may take, what it runs on). Budgets are upper estimates for one H200.
+# (name, seconds it may take): upper estimates for one H200, in the order they run.
 PLAN = (("stmem_eager", 60), ("stmem_compile", 150), ("base", 150), ("stmem_ours", 60),
         ("xla_attention", 50), ("remat", 50), ("unrolled", 70), ("batch_chunks_8", 40),
         ("small", 90), ("einsum_attention", 50))
@@ -147,8 +144,7 @@ class Recorder:
     result["wall_s"] = time.perf_counter() - t0
     self.put(name, result)
     print(f"[{time.perf_counter() - self.t0:6.1f} s] {name}: {result['status']} "
-          f"({result['wall_s']:.1f} s){' ' + result.get('error', '') if 'error' in result else ''}",
-          flush=True)
+          f"({result['wall_s']:.1f} s) {result.get('error', '')}", flush=True)
     return result if result["status"] == "ok" else None
 
   def put(self, name: str, result: dict[str, Any]) -> None:
@@ -196,8 +192,8 @@ def summary(ms: dict[str, dict]) -> dict[str, Any]:
     out["base_examples_per_s"] = ok["base"]["examples_per_s"]
   for peer in ("stmem_compile", "stmem_eager"):
     if "stmem_ours" in ok and peer in ok:
-      # The harness calls them samples.
-      out[f"ours_over_{peer}"] = ok["stmem_ours"]["examples_per_s"] / ok[peer]["samples_per_s"]
+      ours, theirs = ok["stmem_ours"]["examples_per_s"], ok[peer]["samples_per_s"]
+      out[f"ours_over_{peer}"] = ours / theirs
   for name, (on, _) in SWITCHES.items():
     if name in ok and on in ok:
       out[f"{name}_time_vs_default"] = ok[name]["step_s_p50"] / ok[on]["step_s_p50"]
@@ -334,14 +330,11 @@ def measure(config, devices, *, fit: bool, xla: dict | None = None) -> dict[str,
     r["flops_source"] = f"XLA cost analysis of the counting twin at batch {xla['batch']}, scaled"
   else:
     r["flops_source"] = "analytic matmul count (no XLA count taken)"
-  return dict(r, **extra, config_overrides=dict(dtype=config.model.dtype,
-                                                attention=config.model.attention,
-                                                attention_resolved=layers.attention_impl(
-                                                    config.model.attention,
-                                                    layers.compute_dtype(config.model.dtype)),
-                                                scan_layers=config.model.scan_layers,
-                                                remat=config.model.remat,
-                                                batch_chunks=config.model.batch_chunks))
+  model = {k: config.model[k] for k in ("dtype", "attention", "scan_layers", "remat",
+                                        "batch_chunks")}
+  model["attention_resolved"] = layers.attention_impl(config.model.attention,
+                                                      layers.compute_dtype(config.model.dtype))
+  return dict(r, **extra, config_overrides=model)
 
 
 def main(argv) -> None:
@@ -352,33 +345,42 @@ def main(argv) -> None:
   rec.report.update(versions=_versions(), dry_run=_DRY.value, argv=sys.argv,
                     host_cpus=os.cpu_count())
   wanted = [n for n, _ in PLAN if not _ONLY.value or n in _ONLY.value]
-  unknown = set(_ONLY.value) - {n for n, _ in PLAN}
-  if unknown:
-    raise app.UsageError(f"--only: unknown measurements {sorted(unknown)}")
+  if set(_ONLY.value) - set(wanted):
+    raise app.UsageError(f"--only: unknown {sorted(set(_ONLY.value) - set(wanted))}")
   budgets = {n: b * scale for n, b in PLAN}
   done: dict[str, dict] = {}
   for name in ("stmem_eager", "stmem_compile"):  # before JAX takes the GPU
     if name in wanted:
       rec.run(name, budgets[name],
               lambda n=name: run_peer(rec, n == "stmem_compile", budgets[n]))
-  devices = jax.devices()[:1]
+  try:
+    devices = jax.devices()[:1]
+  except RuntimeError as e:  # no usable backend: keep the peers' numbers and say why
+    with rec.lock:
+      rec.report["jax_backend_error"] = f"{type(e).__name__}: {e}"
+      rec.write()
+    raise
   with rec.lock:
     rec.report.update(platform=jax.default_backend(), device_kind=devices[0].device_kind,
                       device_memory_stats=devices[0].memory_stats())
   configs = {}
+
+  def config_of(name: str):
+    if name not in configs:
+      configs[name] = _config(name)
+    return configs[name]
   for name in wanted:
     if name in ("stmem_eager", "stmem_compile"):
       continue
     if name in ("base", "stmem_ours", "small"):
-      configs[name] = _config(name)
-      fn = lambda n=name: measure(configs[n], devices, fit=(n != "stmem_ours"))
+      fn = lambda n=name: measure(config_of(n), devices, fit=(n != "stmem_ours"))
     else:
       on, changes = SWITCHES[name]
       if on not in done:
         rec.put(name, dict(status="skipped", reason=f"{on!r} did not run"))
         continue
       def fn(on=on, changes=changes):
-        c = overrides.apply(configs[on], changes)
+        c = overrides.apply(config_of(on), changes)
         c.data.batch_size = done[on]["global_batch"]
         xla = None
         if done[on]["flops_source"].startswith("XLA"):
