@@ -4,22 +4,18 @@
       --peer_script=.carry/st_mem_throughput.py [--budget_s=420]
   python -m cgdmer_jax.perf.gpu_check --dry_run --out_dir=/tmp/gpu_check [--peer_dir=...]
 
-The measurements, in this order, each started only while the total budget (--budget_s) still
-holds its own budget (`PLAN`), so the most important numbers come first:
-  1. `stmem_eager`, `stmem_compile`: ST-MEM's own base step through the peer harness
-     (`st_mem_throughput.py`, a subprocess; `--device cuda --autocast bf16`, eager and
-     `--compile`) at --stmem_batch, 2250 samples, patch 75, mask ratio 0.75. They run before
-     this process first touches the GPU, so JAX's memory pool does not starve them.
-  2. `base`: configs/pretrain.py:size=base, bfloat16 compute and float32 parameters (master
-     weights), the GPU defaults ('auto' attention = cuDNN, scanned layers, no remat, the batch
-     in one piece). The batch fills the chip: the XLA FLOP-counting twin
-     (`flops.xla_step_flops`, unrolled, no remat, XLA attention: more memory than the step)
+The measurements (docs/PERFORMANCE.md, "GPU check"), in this order, each started only while
+the total budget (--budget_s) still holds its own (`PLAN`), the most important first:
+  1. `stmem_eager`, `stmem_compile`: ST-MEM's own base step through the peer harness (a
+     subprocess; `--device cuda --autocast bf16`, eager and `--compile`) at --stmem_batch,
+     2250 samples, patch 75, mask ratio 0.75; before this process first touches the GPU, so
+     JAX's memory pool does not starve them.
+  2. `base`: configs/pretrain.py:size=base, bfloat16, float32 parameters (master weights),
+     the GPU defaults. The batch fills the chip: the XLA FLOP-counting twin
+     (`flops.xla_step_flops`: unrolled, no remat, XLA attention, more memory than the step)
      compiled at --probe_batch gives FLOPs and memory per example (`fit_batch`).
-  3. `stmem_ours`: configs/stmem_matched.py:size=base in bfloat16 at --stmem_batch, ST-MEM's
-     setting; the summary has its examples/s over ST-MEM's.
-  4. Switches of `base`, one at a time, same batch and process: `xla_attention`, `remat`,
-     `unrolled`; of `stmem_ours`: `batch_chunks_8` (the CPU choice); then `small` at its own
-     filled batch; then `einsum_attention` on `base`.
+  3. `stmem_ours`: configs/stmem_matched.py:size=base in bfloat16 at --stmem_batch.
+  4. `SWITCHES`, one at a time, same batch and process, and `small` at its own filled batch.
 MFU = XLA FLOPs / step time / the bf16 peak of `flops.PEAK_TFLOPS`. gpu_check.json and .md
 in --out_dir are rewritten after each measurement; a watchdog ends the process (exit 3)
 --grace_s after the budget. --dry_run: tiny sizes, 1 step, the peer on the CPU, budgets 10x.
@@ -30,7 +26,7 @@ from __future__ import annotations
 import os
 
 if __name__ == "__main__":
-  # Before JAX starts a GPU backend: let it take most of the card (the peers ran before).
+  # Before a GPU backend starts: JAX may take most of the card (the peers ran before).
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -58,10 +54,8 @@ from cgdmer_jax.perf import step_timing
 from cgdmer_jax.perf import stmem_compare
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write gpu_check.json and gpu_check.md here.")
-# --peer_dir, --peer_script, --peer_python: stmem_compare's flags (--peer_python defaults here
-# to this interpreter); without --peer_dir and --peer_script the peer measurements are errors.
-_PEER_DIR, _PEER_SCRIPT = stmem_compare._PEER_DIR, stmem_compare._PEER_SCRIPT  # pylint: disable=protected-access
-_PEER_PYTHON = stmem_compare._PEER_PYTHON  # pylint: disable=protected-access
+# --peer_dir, --peer_script, --peer_python are stmem_compare's flags (FLAGS.peer_*); without
+# the first two the peer measurements are errors.
 _BUDGET = flags.DEFINE_float("budget_s", 420.0, "Total seconds for all measurements.")
 _GRACE = flags.DEFINE_float("grace_s", 30.0, "Watchdog: exit this long after the budget.")
 _DRY = flags.DEFINE_bool("dry_run", False, "Tiny sizes, 1 step, the peer on the CPU.")
@@ -101,8 +95,7 @@ def fit_batch(probe_bytes: int, probe_batch: int, state_bytes: int, limit_bytes:
     state_bytes: bytes of the training state (parameters and optimizer moments).
     limit_bytes: the device's `memory_stats()['bytes_limit']`, or None (e.g. on CPU).
     fraction: share of `limit_bytes` to fill.
-    multiple: the batch is a multiple of this (at least one multiple).
-    max_batch: upper bound.
+    multiple, max_batch: the batch is a multiple of `multiple` (one at least), <= `max_batch`.
 
   Returns:
     The batch; `probe_batch` when the limit or the probe's memory is unknown.
@@ -200,13 +193,18 @@ def summary(ms: dict[str, dict]) -> dict[str, Any]:
   return out
 
 
+def _gflop(r: dict[str, Any]) -> str:
+  x = r["flops_per_step_xla"]
+  return f"{x / 1e9:.1f}" if x else f"{r['flops_per_step_analytic'] / 1e9:.1f} (analytic)"
+
+
 def _gib(n) -> str:
   return "n/a" if n is None else f"{n / 2**30:.1f}"
 
 
 def table(report: dict[str, Any]) -> str:
   """A markdown table of the measurements (status for those that did not finish)."""
-  lines = ["| measurement | batch | compile s | step ms p50 | ex/s | GFLOP/step (XLA) | MFU | "
+  lines = ["| measurement | batch | compile s | step ms p50 | ex/s | GFLOP/step | MFU | "
            "memory GiB (program / allocator peak) | time vs default |",
            "|---|---|---|---|---|---|---|---|---|"]
   s = report.get("summary", {})
@@ -224,7 +222,7 @@ def table(report: dict[str, Any]) -> str:
     mfu = r.get("mfu")
     lines.append(
         f"| {name} | {r['global_batch']} | {r['compile_s']:.1f} | {1e3 * r['step_s_p50']:.1f} | "
-        f"{r['examples_per_s']:.1f} | {(r['flops_per_step_xla'] or 0) / 1e9:.1f} | "
+        f"{r['examples_per_s']:.1f} | {_gflop(r)} | "
         f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
         f"{_gib(r.get('compiled_memory_bytes'))} / {_gib(r.get('peak_memory_bytes'))} | "
         f"{'' if vs is None else f'{vs:.2f}'} |")
@@ -254,13 +252,15 @@ def _batch(flag) -> int:
 
 def run_peer(rec: Recorder, compiled: bool, budget: float) -> dict[str, Any]:
   """ST-MEM's own base step through the peer harness, in a subprocess; its JSON line."""
-  if not (_PEER_DIR.value and _PEER_SCRIPT.value):
+  peer_dir, script = flags.FLAGS.peer_dir, flags.FLAGS.peer_script
+  if not (peer_dir and script):
     raise FileNotFoundError("--peer_dir and --peer_script not given")
   extra = ("--device", "cpu") if _DRY.value else ("--device", "cuda", "--autocast", "bf16")
+  dry = _DRY.value
   cmd = stmem_compare.peer_command(
-      _PEER_PYTHON.value or sys.executable, _PEER_SCRIPT.value, _PEER_DIR.value, "tiny" if _DRY.value else "base",
-      _batch(_STMEM_BATCH), 1 if _DRY.value else _STEPS.value, os.cpu_count() or 1, warmup=1 if _DRY.value else 3,
-      extra=extra + (("--compile",) if compiled else ()))
+      flags.FLAGS.peer_python or sys.executable, script, peer_dir, "tiny" if dry else "base",
+      _batch(_STMEM_BATCH), 1 if dry else _STEPS.value, os.cpu_count() or 1,
+      warmup=1 if dry else 3, extra=extra + (("--compile",) if compiled else ()))
   with rec.lock:
     rec.child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
