@@ -20,6 +20,7 @@ where ST-MEM's decodes each lead's 32 tokens separately, and we clip gradients b
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from configs import common
@@ -58,10 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mask.token_ratio = 0.75
   # ST-MEM's pretraining optimizer betas (the learning rate does not change the step time).
   config.optim.b1, config.optim.b2 = 0.9, 0.95
-  # How our step runs on a CPU, not what it computes (docs/PERFORMANCE.md has the ratios):
-  # unrolled layers, 8 sequential chunks of 4 examples inside the step (same loss and
-  # gradients), einsum attention ('auto' on CPU).
+  # How our step runs, not what it computes (docs/PERFORMANCE.md has the ratios): unrolled
+  # layers; on a CPU 8 sequential chunks of 4 examples inside the step (same loss and
+  # gradients: they keep XLA:CPU's buffers in cache), elsewhere the batch in one piece (a GPU
+  # wants the large matmuls); attention 'auto' (einsum on CPU, cuDNN on GPU in bfloat16).
   m.scan_layers = False
-  m.batch_chunks = 8
+  m.batch_chunks = 8 if jax.default_backend() == "cpu" else 1
   m.attention = "auto"
   return config

@@ -15,6 +15,7 @@ COMMANDS = {
     "cgdmer_jax.export": ("--workdir", "--overwrite"),
     "cgdmer_jax.embed": ("--model", "--input"),
     "cgdmer_jax.benchmark": ("--devices", "--ablation"),
+    "cgdmer_jax.perf.gpu_check": ("--out_dir", "--dry_run", "--peer_dir"),
     "cgdmer_jax.quickstart": ("--workdir", "--steps"),
     "data_pipelines.build": ("--source", "--output"),
 }

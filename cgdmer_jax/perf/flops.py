@@ -181,6 +181,23 @@ def cost_of(compiled) -> dict[str, float]:
   return {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed", "transcendentals")}
 
 
+def compiled_memory_bytes(compiled) -> int | None:
+  """Bytes one device needs for a compiled program by the compiler's buffer assignment.
+
+  temp + arguments + outputs - aliased (donated) buffers, from `compiled.memory_analysis()`;
+  None where the backend has no analysis (JAX documents that it may raise
+  NotImplementedError, and its result's structure is not promised across versions).
+  """
+  try:
+    mem = compiled.memory_analysis()
+  except NotImplementedError:
+    return None
+  if mem is None:
+    return None
+  return int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+             - mem.alias_size_in_bytes)
+
+
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]")
 _DOT = re.compile(r"= \w+\[([\d,]*)\][^ ]* dot\(%([\w.\-]+), %([\w.\-]+)\).*?"
                   r"lhs_contracting_dims=\{([\d,]*)\}")
@@ -221,7 +238,9 @@ def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
 
   Returns:
     dict: `flops` (cost analysis: matmuls and element-wise work) and `dot_flops` (the
-    matmuls alone, `hlo_dot_flops`) of one step on the global batch.
+    matmuls alone, `hlo_dot_flops`) of one step on the global batch, and `memory_bytes`
+    (`compiled_memory_bytes` of the twin: without remat and with XLA attention an upper
+    bound of the configured step's, used to size the batch to a device).
   """
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -235,7 +254,8 @@ def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
            for k, v in objective.dummy_batch(twin, twin.data.batch_size).items()}
   with jax.set_mesh(mesh):
     compiled = s.train_step.lower(s.abstract_state, batch).compile()
-  return dict(flops=cost_of(compiled)["flops"], dot_flops=hlo_dot_flops(compiled.as_text()))
+  return dict(flops=cost_of(compiled)["flops"], dot_flops=hlo_dot_flops(compiled.as_text()),
+              memory_bytes=compiled_memory_bytes(compiled))
 
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int,

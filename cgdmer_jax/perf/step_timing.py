@@ -73,16 +73,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _peak_device_memory(compiled, mesh) -> tuple[int | None, str]:
-  """Peak bytes on one device: allocator statistics where the backend has them, else XLA's."""
+  """Peak bytes on one device: allocator statistics where the backend has them, else XLA's.
+
+  The allocator's peak is the process's high-water mark so far (no reset exists), so in a
+  process that ran a bigger program first it is that program's; `compiled_memory_bytes` in the
+  result is the program's own.
+  """
   stats = mesh.devices.flat[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"]), "device memory_stats peak_bytes_in_use"
-  mem = compiled.memory_analysis()
-  if mem is None:
+  total = flops_lib.compiled_memory_bytes(compiled)
+  if total is None:
     return None, "unavailable"
-  total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-           - mem.alias_size_in_bytes)
-  return int(total), "compiled.memory_analysis (temp + arguments + outputs - aliased)"
+  return total, "compiled.memory_analysis (temp + arguments + outputs - aliased)"
 
 
 def run_step_benchmark(config: ml_collections.ConfigDict, devices: list, *, steps: int,
@@ -161,6 +164,7 @@ def run_step_benchmark(config: ml_collections.ConfigDict, devices: list, *, step
       peak_tflops_per_device=(peak / 1e12) if peak else None,
       mfu=flops_lib.mfu(model_flops, p50, mesh.size, peak),
       peak_memory_bytes=memory, peak_memory_source=memory_source,
+      compiled_memory_bytes=flops_lib.compiled_memory_bytes(compiled),
       loss_last=float(np.asarray(jax.device_get(mets["loss"]))))
 
 

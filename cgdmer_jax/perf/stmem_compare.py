@@ -41,12 +41,23 @@ _OVERRIDES = flags.DEFINE_list("override", [], "key=value overrides of our confi
 _OUT = flags.DEFINE_string("json_out", None, "Write the rounds as JSON here.")
 
 
-def peer_command(size: str, batch: int, steps: int, threads: int) -> list[str]:
-  """The peer harness's command line for the matched setting (2250 samples, patch 75)."""
-  return [_PEER_PYTHON.value, _PEER_SCRIPT.value, "--peer_dir", _PEER_DIR.value,
+def peer_command(python: str, script: str, peer_dir: str, size: str, batch: int, steps: int,
+                 threads: int, *, warmup: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
+  """The peer harness's command line for the matched setting (2250 samples, patch 75).
+
+  Args:
+    python: interpreter with torch and einops; script: `st_mem_throughput.py`;
+    peer_dir: the exported ST-MEM tree.
+    size: 'tiny' | 'small' | 'base'; batch, steps, warmup, threads: as the harness takes them.
+    extra: more harness flags, e.g. ('--device', 'cuda', '--autocast', 'bf16', '--compile').
+
+  Returns:
+    argv for `subprocess.run`.
+  """
+  return [python, script, "--peer_dir", peer_dir,
           "--size", size, "--seq_len", "2250", "--patch_size", "75", "--batch", str(batch),
-          "--mask_ratio", "0.75", "--warmup", "2", "--steps", str(steps),
-          "--threads", str(threads)]
+          "--mask_ratio", "0.75", "--warmup", str(warmup), "--steps", str(steps),
+          "--threads", str(threads), *extra]
 
 
 def main(argv) -> None:
@@ -57,7 +68,8 @@ def main(argv) -> None:
   B = config.data.batch_size
   mesh = sharding.make_mesh(config, devices=jax.devices()[:1])
   s = train.setup(config, mesh)
-  cmd = peer_command(_SIZE.value, B, _STEPS.value, _THREADS.value)
+  cmd = peer_command(_PEER_PYTHON.value, _PEER_SCRIPT.value, _PEER_DIR.value, _SIZE.value, B,
+                     _STEPS.value, _THREADS.value)
   print(f"ours: the trainer's step of configs/stmem_matched.py:size={_SIZE.value}"
         f"{' with ' + ','.join(_OVERRIDES.value) if _OVERRIDES.value else ''}, in this process "
         "(1 device)")
