@@ -6,7 +6,8 @@ The export folder holds:
   params/                   params-only Orbax checkpoint (in --dtype); usable as
                             --config.checkpoint.init_from=EXPORT for fine-tuning
   config.json               the model's full config
-  tokenizer.model           the SentencePiece model of the pretraining data
+  tokenizer.model           the SentencePiece model of the pretraining data (wordpiece.json:
+                            a pretrained checkpoint's WordPiece, `--tokenizer=hf:DIR`)
   ecg_encoder.jax_exported  jax.export (StableHLO) of
                               (ecg f32[b,12,T] mV, valid_len i32[b], lead_mask bool[b,12])
                               -> {embedding, shared, specific, probe}

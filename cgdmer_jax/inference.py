@@ -100,7 +100,7 @@ class Encoder:
     from data_pipelines import tokenizer  # pylint: disable=g-import-not-at-top
     if self.tokenizer_path is None:
       raise ValueError(f"{self.name}: no tokenizer, cannot embed text")
-    tok = tokenizer.Tokenizer.from_file(self.tokenizer_path)
+    tok = tokenizer.load(self.tokenizer_path)  # SentencePiece or WordPiece, by file
     ids, lens = zip(*(tok.encode(reports.clean_report(t), self.max_report_len) for t in texts))
     return np.stack(ids).astype(np.int32), np.asarray(lens, np.int32)
 
@@ -132,10 +132,10 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def _tokenizer_of(config, workdir: pathlib.Path) -> str | None:
-  for cand in (workdir / features.TOKENIZER_FILE,
-               pathlib.Path(str(config.data.dir or "")) / features.TOKENIZER_FILE):
-    if cand.is_file():
-      return str(cand)
+  for folder in (workdir, pathlib.Path(str(config.data.dir or ""))):
+    for name in features.TOKENIZER_FILES:
+      if (folder / name).is_file():
+        return str(folder / name)
   return None
 
 
@@ -212,7 +212,7 @@ def from_export(export_dir: str | os.PathLike, *, batch_size: int = 64) -> Encod
   text = None
   if (export_dir / TEXT_EXPORT).is_file():
     text = jax.export.deserialize((export_dir / TEXT_EXPORT).read_bytes())
-  tok = export_dir / features.TOKENIZER_FILE
+  tok = export_dir / (info.get("tokenizer") or features.TOKENIZER_FILE)
   return Encoder(
       ecg_fn=jax.jit(ecg.call), text_fn=None if text is None else jax.jit(text.call),
       tokenizer_path=str(tok) if tok.is_file() else None, fs=int(info["fs"]),
@@ -304,7 +304,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
 
   tok = _tokenizer_of(config, workdir)
   if tok:
-    shutil.copyfile(tok, out / features.TOKENIZER_FILE)
+    shutil.copyfile(tok, out / pathlib.Path(tok).name)
   (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   info = {
       "format_version": EXPORT_FORMAT_VERSION, "source_workdir": str(workdir.resolve()),
@@ -317,7 +317,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
       "leads": list(features.LEADS), "normalize": config.data.normalize,
       "max_report_len": L, "variant": config.get("variant", ""),
       "probe_features": config.model.probe_features, "has_text_encoder": has_text,
-      "tokenizer": features.TOKENIZER_FILE if tok else None,
+      "tokenizer": pathlib.Path(tok).name if tok else None,
       "ecg_outputs": _signature(ecg),
       "text_outputs": _signature(text) if has_text else None,
       "jax_version": jax.__version__,

@@ -23,7 +23,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-FILE = "wordpiece.json"
+from cgdmer_jax.data import features
+
+FILE = features.WORDPIECE_FILE
 FORMAT = "cgdmer-wordpiece-1"
 PREFIX = "hf:"
 ROLES = ("pad", "unk", "bos", "eos", "mask")

@@ -185,16 +185,27 @@ class MLMHead(nnx.Module):
 
 
 class BertModel(nnx.Module):
-  """HF `BertModel` (embeddings, encoder, pooler) with an optional masked-LM head."""
+  """HF `BertModel` (embeddings, encoder, pooler) with an optional masked-LM head.
 
-  def __init__(self, cfg: BertConfig, *, mlm_head: bool = False, dtype: jnp.dtype = jnp.float32,
-               impl: str | None = None, remat: bool = False, rngs: nnx.Rngs):
+  `stop_gradient_after=K > 0` stops gradients at the output of block K: the embeddings and
+  the first K blocks then get none, and their backward pass is not computed (what freezing
+  them costs nothing for; the optimizer mask is what keeps them fixed).
+  """
+
+  def __init__(self, cfg: BertConfig, *, mlm_head: bool = False, pooler: bool = True,
+               dtype: jnp.dtype = jnp.float32, impl: str | None = None, remat: bool = False,
+               stop_gradient_after: int = 0, rngs: nnx.Rngs):
+    if not 0 <= stop_gradient_after <= cfg.num_hidden_layers:
+      raise ValueError(f"stop_gradient_after={stop_gradient_after} is outside 0.."
+                       f"{cfg.num_hidden_layers} (the blocks of this BERT)")
     self.cfg = cfg
     self.remat = remat
+    self.stop_gradient_after = stop_gradient_after
     self.embeddings = Embeddings(cfg, rngs=rngs)
     self.layers = nnx.List([Layer(cfg, dtype=dtype, impl=impl, rngs=rngs)
                             for _ in range(cfg.num_hidden_layers)])
-    self.pooler = layers.dense(cfg.hidden_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+    if pooler:
+      self.pooler = layers.dense(cfg.hidden_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
     if mlm_head:
       self.mlm = MLMHead(cfg, dtype=dtype, rngs=rngs)
 
@@ -213,8 +224,8 @@ class BertModel(nnx.Module):
       token_type_BxL: segment ids, or None for all zeros (HF's default).
 
     Returns:
-      dict float32: `tokens` [B, L, D] (last hidden state), `pooled` [B, D]
-      (tanh(Dense(tokens[:, 0])), HF's pooler).
+      dict float32: `tokens` [B, L, D] (last hidden state), and `pooled` [B, D]
+      (tanh(Dense(tokens[:, 0])), HF's pooler) when built with one.
     """
     L = ids_BxL.shape[1]
     if L > self.cfg.max_position_embeddings:
@@ -228,10 +239,14 @@ class BertModel(nnx.Module):
     if self.remat:
       apply = nnx.remat(apply)
     x_BxLxD = self.embeddings(ids_BxL, token_type_BxL)
-    for layer in self.layers:
+    for i, layer in enumerate(self.layers):
       x_BxLxD = apply(x_BxLxD, layer)
-    pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]).astype(jnp.float32))
-    return dict(tokens=x_BxLxD, pooled=pooled_BxD)
+      if i + 1 == self.stop_gradient_after:
+        x_BxLxD = jax.lax.stop_gradient(x_BxLxD)
+    out = dict(tokens=x_BxLxD)
+    if hasattr(self, "pooler"):
+      out["pooled"] = jnp.tanh(self.pooler(x_BxLxD[:, 0]).astype(jnp.float32))
+    return out
 
   def mlm_logits(self, h_BxKxD: jax.Array) -> jax.Array:
     """The masked-LM head on hidden features [B, K, D] -> float32 logits [B, K, vocab]."""
