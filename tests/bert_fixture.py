@@ -2,8 +2,8 @@
 
 The layout of a hub download (`config.json`, `model.safetensors`, `vocab.txt`,
 `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`), written by the real
-tools: the WordPiece vocabulary is trained with `tokenizers` on the embedded PTB-XL reports
-(cleaned as the converter cleans them) and the weights are a random `BertForMaskedLM` saved
+tools: a WordPiece vocabulary of the embedded PTB-XL reports (cleaned as the converter cleans
+them) opened and saved by `tokenizers`, and the weights are a random `BertForMaskedLM` saved
 by `transformers` with `save_pretrained(safe_serialization=True)`. The special tokens sit
 where BERT's do, not at 0..4, so a test that mixed them up with SentencePiece's ids fails:
 [PAD]=0, [UNK]=3, [CLS]=4, [SEP]=5, [MASK]=6.
@@ -25,6 +25,28 @@ def embedded_reports(ptbxl_root: pathlib.Path) -> list[str]:
   return [c for c in (reports.clean_report(r.report) for r in refs) if c]
 
 
+def wordpiece_vocab(texts: list[str], vocab_size: int) -> list[str]:
+  """A deterministic WordPiece vocabulary: specials, every character (also as a `##`
+  continuation, so any word can be tokenised) and the most frequent words (ties by text).
+
+  (The `tokenizers` WordPiece trainer breaks ties in an order that changes between runs.)
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  from tokenizers import normalizers, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  norm = normalizers.BertNormalizer(lowercase=True)
+  pre = pre_tokenizers.BertPreTokenizer()
+  words = collections.Counter(
+      w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+  chars = sorted({c for w in words for c in w})
+  vocab = SPECIALS + chars + ["##" + c for c in chars]
+  for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+    if len(vocab) >= vocab_size:
+      break
+    if w not in vocab:
+      vocab.append(w)
+  return vocab
+
+
 def make_checkpoint(out: pathlib.Path, ptbxl_root: pathlib.Path, *, vocab_size: int = 400,
                     hidden: int = 32, layers: int = 2, heads: int = 4,
                     max_positions: int = 128, seed: int = 0) -> pathlib.Path:
@@ -34,12 +56,10 @@ def make_checkpoint(out: pathlib.Path, ptbxl_root: pathlib.Path, *, vocab_size: 
   from tokenizers import implementations  # pylint: disable=g-import-not-at-top
 
   out.mkdir(parents=True, exist_ok=True)
-  wp = implementations.BertWordPieceTokenizer(lowercase=True)
-  wp.train_from_iterator(embedded_reports(ptbxl_root), vocab_size=vocab_size,
-                         special_tokens=SPECIALS, min_frequency=1, show_progress=False)
-  wp.save_model(str(out))                 # vocab.txt
-  # Re-opened from vocab.txt: that sets BERT's [CLS] ... [SEP] post-processor, as in a
-  # downloaded tokenizer.json.
+  (out / "vocab.txt").write_text("\n".join(wordpiece_vocab(
+      embedded_reports(ptbxl_root), vocab_size)) + "\n", encoding="utf-8")
+  # Opened from vocab.txt, as HF's BertTokenizerFast is: BERT's normaliser, pre-tokeniser and
+  # [CLS] ... [SEP] post-processor, saved as a downloaded tokenizer.json.
   wp = implementations.BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=True)
   wp.save(str(out / "tokenizer.json"))
   (out / "special_tokens_map.json").write_text(json.dumps(dict(
