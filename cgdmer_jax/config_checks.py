@@ -117,6 +117,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     if key in RUNTIME_MODEL_KEYS:
       continue
     was = saved.get("model", {}).get(key, absent)
+    if isinstance(now, ml_collections.ConfigDict):  # a subtree (model.text) vs its JSON
+      now = json.loads(now.to_json_best_effort())
     if was is absent or was != now:
       diffs.append((f"model.{key}", was, now))
   for key in ("ecg", "text", "contrastive", "disentangle"):
