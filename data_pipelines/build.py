@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from data_pipelines import beam_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import write  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _SOURCE = flags.DEFINE_enum(
@@ -115,10 +116,14 @@ def main(argv) -> int:
     print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
     return 2
   config = config_from_flags()
-  if config.tokenizer and config.tokenizer.startswith("hf:"):
-    if not os.path.isdir(config.tokenizer[3:]):
-      print(f"error: --tokenizer {config.tokenizer}: {config.tokenizer[3:]} is not a folder",
-            file=sys.stderr)
+  if config.tokenizer and config.tokenizer.startswith(wordpiece.PREFIX):
+    folder = config.tokenizer[len(wordpiece.PREFIX):]
+    try:
+      if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder")
+      wordpiece.from_folder(folder)
+    except (FileNotFoundError, ValueError) as e:
+      print(f"error: --tokenizer {config.tokenizer}: {e}", file=sys.stderr)
       return 2
   elif config.tokenizer and not os.path.isfile(config.tokenizer):
     print(f"error: --tokenizer {config.tokenizer} is not a file", file=sys.stderr)

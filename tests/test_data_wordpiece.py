@@ -89,3 +89,18 @@ def test_vocab_txt_alone_encodes_like_tokenizer_json(hf_dir, embedded_data, tmp_
 def test_folder_without_tokenizer_is_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor vocab.txt"):
     wordpiece.from_folder(tmp_path)
+
+
+def test_cli_refuses_a_folder_without_tokenizer(embedded_data, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  (tmp_path / "ckpt").mkdir()
+  proc = subprocess.run(
+      [sys.executable, "-m", "data_pipelines.build", "--source=ptbxl",
+       f"--input={embedded_data / 'ptbxl'}", f"--output={tmp_path / 'out'}",
+       f"--tokenizer=hf:{tmp_path / 'ckpt'}"],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "neither tokenizer.json nor vocab.txt" in proc.stderr
+  assert not (tmp_path / "out").exists()
