@@ -96,6 +96,30 @@ def test_bert_model_checkpoint_without_prefix_or_head(hf_folder, tmp_path):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
 
 
+def test_sharded_and_legacy_named_checkpoints_load(hf_folder, tmp_path):
+  """Shards listed in model.safetensors.index.json; TF-era `gamma`/`beta` LayerNorm names."""
+  from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
+  ids, lengths, _, types = _batch()
+  want = bert_checkpoint.load(hf_folder)[0](jnp.asarray(ids), jnp.asarray(lengths),
+                                            jnp.asarray(types))["tokens"]
+  sharded = tmp_path / "sharded"
+  transformers.BertForPreTraining.from_pretrained(hf_folder).save_pretrained(
+      sharded, safe_serialization=True, max_shard_size="20KB")
+  assert (sharded / "model.safetensors.index.json").is_file()
+  assert len(bert_checkpoint.weight_files(sharded)) > 1
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  (legacy / "config.json").write_bytes((hf_folder / "config.json").read_bytes())
+  w = load_file(str(hf_folder / "model.safetensors"))
+  save_file({k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+                                                                      "LayerNorm.beta"): v
+             for k, v in w.items()}, str(legacy / "model.safetensors"))
+  for folder in (sharded, legacy):
+    got = bert_checkpoint.load(folder)[0](jnp.asarray(ids), jnp.asarray(lengths),
+                                          jnp.asarray(types))["tokens"]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_bin_only_folder_is_refused_without_unpickling(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(dict(HF_CONFIG, model_type="bert")))
   # Not a pickle at all: reading it in any way other than refusing would fail differently.
