@@ -162,6 +162,9 @@ def main(argv) -> None:
   if _INPUT.value == "tfrecord":
     from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
     train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  else:
+    from cgdmer_jax.models import bert_tower  # pylint: disable=g-import-not-at-top
+    bert_tower.resolve(config)  # a pretrained report tower's shape, without a dataset
   load_before = os.getloadavg()
   report: dict[str, Any] = dict(
       config=config.to_dict(), device_kind=jax.devices()[0].device_kind,

@@ -163,3 +163,31 @@ def test_config_round_trip_and_gelu_is_exact():
   x = jnp.asarray([-2.0, -0.5, 0.7, 3.0])
   want = torch.nn.functional.gelu(torch.tensor(np.asarray(x))).numpy()
   np.testing.assert_allclose(np.asarray(bert.ACTIVATIONS["gelu"](x)), want, rtol=1e-6)
+
+
+def test_resolve_takes_the_architecture_from_the_folder(hf_folder, tmp_path):
+  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.models import bert_tower  # pylint: disable=g-import-not-at-top
+  from configs import pretrain  # pylint: disable=g-import-not-at-top
+  for f in hf_folder.iterdir():
+    (tmp_path / f.name).write_bytes(f.read_bytes())
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  vocab += [f"w{i}" for i in range(HF_CONFIG["vocab_size"] - len(vocab))]
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  config = pretrain.get_config("size=tiny")
+  config.model.text.init_from = str(tmp_path)
+  config.model.max_report_len = 32  # the fixture's max_position_embeddings is 40
+  bert_tower.resolve(config)
+  t = config.model.text
+  assert t.kind == "bert" and t.mlm_head and t.vocab_sha256
+  assert config.model.text_width == 32 and config.model.vocab_size == 300
+  assert bert.BertConfig.from_dict(t.bert) == bert_checkpoint.read_config(tmp_path)
+  # The tower holds exactly the checkpoint's encoder (pooler left out), the text head its
+  # masked-LM head.
+  want = bert_checkpoint.expected_shapes(bert_checkpoint.read_config(tmp_path), mlm_head=False,
+                                         pooler=False)
+  counts = objective.param_counts(config)
+  assert counts["text backbone"] == sum(int(np.prod(s)) for s in want.values())
+  config.model.text.freeze_layers = 3
+  with pytest.raises(ValueError, match=r"freeze_layers=3 is outside 0\.\.2"):
+    bert_tower.resolve(config)

@@ -52,7 +52,8 @@ def is_bert(model_config: ml_collections.ConfigDict) -> bool:
 
 
 def resolve(config: ml_collections.ConfigDict) -> None:
-  """Fills `model.text` and `model.text_width` from `init_from` (in place; no-op otherwise).
+  """Fills `model.text`, `model.text_width` and `model.vocab_size` from `init_from` (in place;
+  without it only the BERT's vocabulary follows `model.vocab_size`; no-op for the transformer).
 
   Raises:
     FileNotFoundError / ValueError: the folder's files (see `bert_checkpoint`), or
@@ -73,6 +74,9 @@ def resolve(config: ml_collections.ConfigDict) -> None:
       t.bert = cfg.to_dict()
       t.mlm_head = bool(mlm)
       t.vocab_sha256 = wordpiece.from_folder(t.init_from).vocab_sha256
+      m.vocab_size = cfg.vocab_size  # the dataset's must equal it (check_dataset)
+    else:
+      t.bert = dict(t.bert, vocab_size=int(m.vocab_size))
     cfg = bert.BertConfig.from_dict(t.bert)
     m.text_width = cfg.hidden_size
   if not 0 <= int(t.freeze_layers) <= cfg.num_hidden_layers:
