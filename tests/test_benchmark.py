@@ -103,3 +103,5 @@ def test_command_line_makes_fake_devices(tmp_path):
   assert [r["devices"] for r in report["runs"]] == [1, 2]
   assert [r["global_batch"] for r in report["runs"]] == [2, 4]  # weak scaling
   assert "scaling efficiency" in res.stdout
+  assert report["params"]["total"] > report["params"]["ecg encoder"] > 0
+  assert "parameters: " in res.stdout
