@@ -112,3 +112,22 @@ def test_dataset_of_another_tokenizer_fails_before_compiling(run, embedded_data,
                      match=r"(?s)built with tokenizer WordPiece hf:hf .*other_bert"):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_resume_restores_the_masked_optimizer_state(run, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "work"
+  shutil.copytree(run["workdir"], workdir)
+  overrides = {"model.text.init_from": str(run["hf"]), "model.text.freeze_layers": 1,
+               "total_steps": STEPS + 1, "checkpoint.every_steps": STEPS + 1}
+  before, _ = params_of(workdir, tiny_config(run["data"], **overrides))
+  train.train_and_evaluate(tiny_config(run["data"], **overrides), str(workdir))
+  after, meta = params_of(workdir, tiny_config(run["data"], **overrides))
+  assert meta["step"] == STEPS + 1
+  emb = ("text", "bert", "embeddings", "word", "embedding")
+  top = ("text", "bert", "layers", "1", "fc1", "kernel")
+  flat = lambda p: {bert_tower._names(k): np.asarray(v)  # noqa: E731  pylint: disable=protected-access
+                    for k, v in jax.tree_util.tree_flatten_with_path(p)[0]}
+  b, a = flat(before), flat(after)
+  np.testing.assert_array_equal(a[emb], b[emb])
+  assert not np.array_equal(a[top], b[top])
