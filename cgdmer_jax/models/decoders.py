@@ -25,8 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax import masking
-from cgdmer_jax.models import bert, bert_tower, disentangle, ecg, layers
+from cgdmer_jax.models import bert, bert_tower, disentangle, layers, patching
 
 
 class ECGDecoder(nnx.Module):
@@ -36,7 +35,7 @@ class ECGDecoder(nnx.Module):
     m = config.model
     dtype = layers.compute_dtype(m.dtype)
     self.width = m.dec_width
-    self.num_time_patches = masking.num_time_patches(config)
+    self.num_time_patches = patching.num_time_patches(config)
     self.in_proj = layers.dense(disentangle.shared_width(m) + m.ecg_width, m.dec_width,
                                 dtype=dtype, rngs=rngs)
     self.mask_embed = nnx.Param(layers.EMBED_INIT(rngs.params(), (m.dec_width,)))
@@ -78,7 +77,7 @@ class TextHead(nnx.Module):
   def __call__(self, shared_BxLxS: jax.Array, specific_BxLxD: jax.Array,
                positions_BxK: jax.Array, token_table_VxD: jax.Array) -> jax.Array:
     """Logits over the vocabulary at the masked positions, float32 [B, K, vocab]."""
-    x_BxKxF = ecg.gather_tokens(jnp.concatenate([shared_BxLxS, specific_BxLxD], -1),
+    x_BxKxF = patching.gather_tokens(jnp.concatenate([shared_BxLxS, specific_BxLxD], -1),
                                 positions_BxK)
     if hasattr(self, "mlm"):
       return self.mlm(self.in_proj(x_BxKxF).astype(jnp.float32), token_table_VxD)
