@@ -32,6 +32,7 @@ from cgdmer_jax import objective
 from cgdmer_jax import optim
 from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
+from cgdmer_jax import pretrained_text
 from cgdmer_jax.models import bert_tower
 
 
@@ -50,7 +51,7 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
   with another tokenizer than the tower's is refused here, before anything compiles.
   """
   try:
-    bert_tower.resolve(config)
+    pretrained_text.resolve(config)
   except (OSError, ValueError) as e:
     raise config_checks.ConfigError(f"model.text.init_from: {e}") from e
   if info.fs != config.data.fs:
@@ -72,7 +73,7 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
       config.model.normal_ids_start = int(info.build_info.get(
           "normal_ids_start", max(info.build_info["special_ids"].values()) + 1))
   try:
-    bert_tower.check_dataset(config, info.build_info, config.data.dir)
+    pretrained_text.check_dataset(config, info.build_info, config.data.dir)
   except ValueError as e:
     raise config_checks.ConfigError(str(e)) from e
 
@@ -252,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         s.init_state)
   state = resumed.state
   if resumed.source == "scratch" and bert_tower.settings(config.model).get("init_from"):
-    state["params"] = bert_tower.load_pretrained(state["params"], config)
+    state["params"] = pretrained_text.load_pretrained(state["params"], config)
     logging.info("report tower initialised from %s", config.model.text.init_from)
   state["step"] = jax.device_put(jnp.asarray(resumed.step, jnp.int32), s.state_shardings["step"])
   step = resumed.step

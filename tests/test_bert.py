@@ -167,7 +167,7 @@ def test_config_round_trip_and_gelu_is_exact():
 
 def test_resolve_takes_the_architecture_from_the_folder(hf_folder, tmp_path):
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.models import bert_tower  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import pretrained_text  # pylint: disable=g-import-not-at-top
   from configs import pretrain  # pylint: disable=g-import-not-at-top
   for f in hf_folder.iterdir():
     (tmp_path / f.name).write_bytes(f.read_bytes())
@@ -177,7 +177,7 @@ def test_resolve_takes_the_architecture_from_the_folder(hf_folder, tmp_path):
   config = pretrain.get_config("size=tiny")
   config.model.text.init_from = str(tmp_path)
   config.model.max_report_len = 32  # the fixture's max_position_embeddings is 40
-  bert_tower.resolve(config)
+  pretrained_text.resolve(config)
   t = config.model.text
   assert t.kind == "bert" and t.mlm_head and t.vocab_sha256
   assert config.model.text_width == 32 and config.model.vocab_size == 300
@@ -190,4 +190,4 @@ def test_resolve_takes_the_architecture_from_the_folder(hf_folder, tmp_path):
   assert counts["text backbone"] == sum(int(np.prod(s)) for s in want.values())
   config.model.text.freeze_layers = 3
   with pytest.raises(ValueError, match=r"freeze_layers=3 is outside 0\.\.2"):
-    bert_tower.resolve(config)
+    pretrained_text.resolve(config)

@@ -16,7 +16,9 @@ import pytest
 pytest.importorskip("transformers")
 
 from cgdmer_jax import config_checks, inference, sharding, train  # noqa: E402
+from cgdmer_jax import export as export_lib  # noqa: E402
 from cgdmer_jax.data import reader  # noqa: E402
+from cgdmer_jax import pretrained_text  # noqa: E402
 from cgdmer_jax.models import bert_tower  # noqa: E402
 from data_pipelines import signal, write  # noqa: E402
 from tests import bert_fixture, conftest  # noqa: E402
@@ -51,8 +53,8 @@ def test_frozen_layers_bit_identical_others_trained(run):
   assert meta["step"] == STEPS
   assert config.model.text.kind == "bert" and config.model.text.mlm_head
   assert dict(config.model.special_ids) == bert_fixture.SPECIAL_IDS
-  loaded = bert_tower.pretrained_params(config)
-  flat = {bert_tower._names(path): np.asarray(v)  # pylint: disable=protected-access
+  loaded = pretrained_text.pretrained_params(config)
+  flat = {bert_tower.names_of(path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   frozen = [n for n in loaded if bert_tower.is_frozen(n, config.model)]
   trained = [n for n in loaded if not bert_tower.is_frozen(n, config.model)]
@@ -75,7 +77,7 @@ def test_no_optimizer_state_for_frozen_parameters(run):
   s = train.setup(config, sharding.make_mesh(config))
   size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
   n_params = size(s.abstract_state["params"])
-  n_frozen = sum(int(np.prod(a.shape)) for n, a in bert_tower.pretrained_params(config).items()
+  n_frozen = sum(int(np.prod(a.shape)) for n, a in pretrained_text.pretrained_params(config).items()
                  if bert_tower.is_frozen(n, config.model))
   # Adam keeps two moments per trained parameter, none for frozen ones (+ step counters).
   assert abs(size(s.abstract_state["opt_state"]) - 2 * (n_params - n_frozen)) < 16
@@ -83,7 +85,7 @@ def test_no_optimizer_state_for_frozen_parameters(run):
 
 def test_export_and_embed_texts_in_a_fresh_process(run, tmp_path):
   export = tmp_path / "export"
-  inference.export_model(run["workdir"], export, platforms=("cpu",))
+  export_lib.export_model(run["workdir"], export, platforms=("cpu",))
   assert (export / "wordpiece.json").is_file()
   texts = tmp_path / "texts.txt"
   texts.write_text("\n".join(TEXTS) + "\n")
@@ -126,7 +128,7 @@ def test_resume_restores_the_masked_optimizer_state(run, tmp_path):
   assert meta["step"] == STEPS + 1
   emb = ("text", "bert", "embeddings", "word", "embedding")
   top = ("text", "bert", "layers", "1", "fc1", "kernel")
-  flat = lambda p: {bert_tower._names(k): np.asarray(v)  # noqa: E731  pylint: disable=protected-access
+  flat = lambda p: {bert_tower.names_of(k): np.asarray(v)  # noqa: E731
                     for k, v in jax.tree_util.tree_flatten_with_path(p)[0]}
   b, a = flat(before), flat(after)
   np.testing.assert_array_equal(a[emb], b[emb])

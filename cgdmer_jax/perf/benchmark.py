@@ -169,8 +169,8 @@ def main(argv) -> None:
     from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
     train.apply_dataset_info(config, reader.load_info(config.data.dir))
   else:
-    from cgdmer_jax.models import bert_tower  # pylint: disable=g-import-not-at-top
-    bert_tower.resolve(config)  # a pretrained report tower's shape, without a dataset
+    from cgdmer_jax import pretrained_text  # pylint: disable=g-import-not-at-top
+    pretrained_text.resolve(config)  # a pretrained report tower's shape, without a dataset
   load_before = os.getloadavg()
   report: dict[str, Any] = dict(
       config=config.to_dict(), device_kind=jax.devices()[0].device_kind,
