@@ -154,6 +154,16 @@ def check_reports(config: ml_collections.ConfigDict, vocab_size: int, data_dir: 
 RUNTIME_MODEL_KEYS = ("dtype", "attention", "remat", "batch_chunks", "probe_features")
 
 
+# Model settings newer than some workdirs, and the values such a workdir was built with: the
+# from-scratch report transformer; the dataset's special ids (SentencePiece's, copied from
+# build_info since, so equal to what the run's dataset had).
+_IMPLIED_WHEN_ABSENT = {
+    "text": lambda t: t.get("kind") == "transformer" and not t.get("init_from"),
+    "special_ids": lambda ids: True,
+    "normal_ids_start": lambda n: True,
+}
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """A workdir that holds checkpoints must be resumed with its own model settings.
 
@@ -176,6 +186,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     if key in RUNTIME_MODEL_KEYS:
       continue
     was = saved.get("model", {}).get(key, absent)
+    if isinstance(now, ml_collections.ConfigDict):  # a subtree (model.text) vs its JSON
+      now = json.loads(now.to_json_best_effort())
+    if was is absent and key in _IMPLIED_WHEN_ABSENT and _IMPLIED_WHEN_ABSENT[key](now):
+      continue  # a run from before the setting existed, built as it now says
     if was is absent or was != now:
       diffs.append((f"model.{key}", was, now))
   for key in ("ecg", "text", "contrastive", "disentangle"):

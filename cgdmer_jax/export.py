@@ -6,7 +6,8 @@ The export folder holds:
   params/                   params-only Orbax checkpoint (in --dtype); usable as
                             --config.checkpoint.init_from=EXPORT for fine-tuning
   config.json               the model's full config
-  tokenizer.model           the SentencePiece model of the pretraining data
+  tokenizer.model           the SentencePiece model of the pretraining data (wordpiece.json:
+                            a pretrained checkpoint's WordPiece, `--tokenizer=hf:DIR`)
   ecg_encoder.jax_exported  jax.export (StableHLO) of
                               (ecg f32[b,12,T] mV, valid_len i32[b], lead_mask bool[b,12])
                               -> {embedding, shared, specific, probe}
@@ -108,7 +109,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
 
   tok = inference.tokenizer_of(config, workdir)
   if tok:
-    shutil.copyfile(tok, out / features.TOKENIZER_FILE)
+    shutil.copyfile(tok, out / pathlib.Path(tok).name)
   (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   info = {
       "format_version": inference.EXPORT_FORMAT_VERSION,
@@ -122,7 +123,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
       "leads": list(features.LEADS), "normalize": config.data.normalize,
       "max_report_len": L, "variant": config.get("variant", ""),
       "probe_features": config.model.probe_features, "has_text_encoder": has_text,
-      "tokenizer": features.TOKENIZER_FILE if tok else None,
+      "tokenizer": pathlib.Path(tok).name if tok else None,
       "ecg_outputs": _signature(ecg),
       "text_outputs": _signature(text) if has_text else None,
       "jax_version": jax.__version__,

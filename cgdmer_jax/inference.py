@@ -99,7 +99,7 @@ class Encoder:
     from data_pipelines import tokenizer  # pylint: disable=g-import-not-at-top
     if self.tokenizer_path is None:
       raise ValueError(f"{self.name}: no tokenizer, cannot embed text")
-    tok = tokenizer.Tokenizer.from_file(self.tokenizer_path)
+    tok = tokenizer.load(self.tokenizer_path)  # SentencePiece or WordPiece, by file
     ids, lens = zip(*(tok.encode(reports.clean_report(t), self.max_report_len) for t in texts))
     return np.stack(ids).astype(np.int32), np.asarray(lens, np.int32)
 
@@ -131,11 +131,12 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def tokenizer_of(config, workdir: pathlib.Path) -> str | None:
-  """The run's SentencePiece model: in the workdir, else in the dataset folder; None if neither."""
-  for cand in (workdir / features.TOKENIZER_FILE,
-               pathlib.Path(str(config.data.dir or "")) / features.TOKENIZER_FILE):
-    if cand.is_file():
-      return str(cand)
+  """The run's tokenizer file (SentencePiece `tokenizer.model` or WordPiece `wordpiece.json`):
+  in the workdir, else in the dataset folder; None if neither."""
+  for folder in (workdir, pathlib.Path(str(config.data.dir or ""))):
+    for name in features.TOKENIZER_FILES:
+      if (folder / name).is_file():
+        return str(folder / name)
   return None
 
 
@@ -208,7 +209,7 @@ def from_export(export_dir: str | os.PathLike, *, batch_size: int = 64) -> Encod
   text = None
   if (export_dir / TEXT_EXPORT).is_file():
     text = jax.export.deserialize((export_dir / TEXT_EXPORT).read_bytes())
-  tok = export_dir / features.TOKENIZER_FILE
+  tok = export_dir / (info.get("tokenizer") or features.TOKENIZER_FILE)
   return Encoder(
       ecg_fn=jax.jit(ecg.call), text_fn=None if text is None else jax.jit(text.call),
       tokenizer_path=str(tok) if tok.is_file() else None, fs=int(info["fs"]),

@@ -15,6 +15,7 @@ Every record of the batch draws its own leads, times and tokens.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 
 import jax
@@ -101,14 +102,30 @@ def num_text_slots(config: ml_collections.ConfigDict) -> int:
   return int(math.ceil(config.mask.text_ratio * config.model.max_report_len))
 
 
+def text_special_ids(config: ml_collections.ConfigDict) -> tuple[dict[str, int], int]:
+  """(special ids by role, first non-special id) of the dataset's tokenizer.
+
+  `model.special_ids` / `model.normal_ids_start` are copied from the dataset's build_info by
+  the trainer; configs without them use the project's SentencePiece ids.
+  """
+  ids = config.model.get("special_ids")
+  if not ids:
+    ids = dict(pad=features.PAD_ID, unk=features.UNK_ID, bos=features.BOS_ID,
+               eos=features.EOS_ID, mask=features.MASK_ID)
+  return {k: int(v) for k, v in dict(ids).items()}, int(
+      config.model.get("normal_ids_start", features.NUM_SPECIAL))
+
+
 def sample_text_mask(rng: jax.Array, report_ids_BxL: jax.Array, report_len_B: jax.Array,
                      config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """BERT-style masking of the real tokens of each report (Devlin et al. 2019).
 
-  Candidates are ids >= NUM_SPECIAL before `report_len` (never PAD/UNK/BOS/EOS/MASK).
+  Candidates are the ids before `report_len` that are none of the tokenizer's special ids
+  (PAD/UNK/BOS/EOS/MASK: SentencePiece's 0..4, or a WordPiece checkpoint's, `text_special_ids`).
   Each report selects `ceil(text_ratio * n_candidates)` of them (<= K since n <= L); a
   selected token becomes MASK with probability 0.8, a random non-special id with 0.1, and
-  stays itself with 0.1. Unused slots of the K have weight 0 (and target PAD).
+  stays itself with 0.1 (random ids are drawn from [first non-special id, vocab)). Unused
+  slots of the K have weight 0 (and target PAD).
 
   Args:
     rng: PRNG key.
@@ -127,8 +144,10 @@ def sample_text_mask(rng: jax.Array, report_ids_BxL: jax.Array, report_len_B: ja
   if K == 0:
     return dict(input_ids=ids_BxL, positions=jnp.zeros((B, 0), jnp.int32),
                 targets=jnp.zeros((B, 0), jnp.int32), weights=jnp.zeros((B, 0), jnp.float32))
+  special, normal_start = text_special_ids(config)
   k_pick, k_kind, k_rand = jax.random.split(rng, 3)
-  cand_BxL = ((ids_BxL >= features.NUM_SPECIAL)
+  is_special_BxL = functools.reduce(jnp.logical_or, [ids_BxL == i for i in special.values()])
+  cand_BxL = (~is_special_BxL
               & (jnp.arange(L)[None, :] < report_len_B.astype(jnp.int32)[:, None]))
   n_cand_B = jnp.sum(cand_BxL, axis=1)
   # The small epsilon keeps ratio * n from rounding up past an exact integer in float32.
@@ -138,14 +157,14 @@ def sample_text_mask(rng: jax.Array, report_ids_BxL: jax.Array, report_len_B: ja
   used_BxK = jnp.arange(K)[None, :] < n_pick_B[:, None]
   orig_BxK = jnp.take_along_axis(ids_BxL, pos_BxK, axis=1)
   u_BxK = jax.random.uniform(k_kind, (B, K))
-  random_BxK = jax.random.randint(k_rand, (B, K), features.NUM_SPECIAL,
+  random_BxK = jax.random.randint(k_rand, (B, K), normal_start,
                                   config.model.vocab_size, dtype=jnp.int32)
-  new_BxK = jnp.where(u_BxK < 0.8, features.MASK_ID,
+  new_BxK = jnp.where(u_BxK < 0.8, special["mask"],
                       jnp.where(u_BxK < 0.9, random_BxK, orig_BxK))
   new_BxK = jnp.where(used_BxK, new_BxK, orig_BxK)  # unused slots write back the original
   input_BxL = ids_BxL.at[jnp.arange(B)[:, None], pos_BxK].set(new_BxK)
   return dict(input_ids=input_BxL, positions=pos_BxK,
-              targets=jnp.where(used_BxK, orig_BxK, features.PAD_ID),
+              targets=jnp.where(used_BxK, orig_BxK, special["pad"]),
               weights=used_BxK.astype(jnp.float32))
 
 

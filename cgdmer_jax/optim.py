@@ -4,6 +4,10 @@ Weight decay applies to weight matrices only (parameters named `kernel` outside 
 embedding); norms, biases, embeddings and the SigLIP temperature/bias are not decayed, as in
 ViT/MAE practice. The rule is by name, not by rank, because scanned layer stacks add a leading
 layer axis to every parameter.
+
+Frozen parameters (`model.text.freeze_layers`, models/bert_tower.py) are routed by
+`optax.multi_transform` to `set_to_zero`: no update, no weight decay, no Adam moments, and
+they are left out of the clipping norm.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 import jax
 import ml_collections
 import optax
+
+from cgdmer_jax.models import bert_tower
 
 
 def path_names(path) -> list[str]:
@@ -64,4 +70,10 @@ def make_optimizer(config: ml_collections.ConfigDict
   chain.append(optax.adamw(
       learning_rate=schedule, b1=config.optim.b1, b2=config.optim.b2,
       weight_decay=config.optim.weight_decay, mask=decay_mask))
-  return optax.chain(*chain), schedule
+  tx = optax.chain(*chain)
+  if bert_tower.is_bert(config.model) and int(bert_tower.settings(config.model).freeze_layers):
+    def labels(params):
+      frozen = bert_tower.frozen_mask(params, config.model)
+      return jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx, schedule

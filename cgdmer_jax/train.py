@@ -34,6 +34,8 @@ from cgdmer_jax import objective
 from cgdmer_jax import optim
 from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
+from cgdmer_jax import pretrained_text
+from cgdmer_jax.models import bert_tower
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,7 +47,15 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
-  """Checks the converted dataset against the config and copies its vocabulary facts in."""
+  """Checks the converted dataset against the config and copies its vocabulary facts in.
+
+  A pretrained report tower (`model.text.init_from`) is resolved first, and a dataset built
+  with another tokenizer than the tower's is refused here, before anything compiles.
+  """
+  try:
+    pretrained_text.resolve(config)
+  except (OSError, ValueError) as e:
+    raise config_checks.ConfigError(f"model.text.init_from: {e}") from e
   if info.fs != config.data.fs:
     raise config_checks.ConfigError(
         f"the dataset at {config.data.dir} is at {info.fs} Hz but config.data.fs="
@@ -69,6 +79,15 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
   with config.unlocked():
     config.model.vocab_size = int(info.vocab_size)
     config.model.max_report_len = int(info.max_report_len)
+    # Text masking follows the dataset's tokenizer (SentencePiece's 0..4 or a checkpoint's).
+    if info.build_info.get("special_ids"):
+      config.model.special_ids = dict(info.build_info["special_ids"])
+      config.model.normal_ids_start = int(info.build_info.get(
+          "normal_ids_start", max(info.build_info["special_ids"].values()) + 1))
+  try:
+    pretrained_text.check_dataset(config, info.build_info, config.data.dir)
+  except ValueError as e:
+    raise config_checks.ConfigError(str(e)) from e
 
 
 def train_stream(config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -254,6 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   resumed = checkpointing.initial_state(ckpt, config, s.abstract_state, s.state_shardings,
                                         s.init_state)
   state = resumed.state
+  if resumed.source == "scratch" and bert_tower.settings(config.model).get("init_from"):
+    state["params"] = pretrained_text.load_pretrained(state["params"], config)
+    logging.info("report tower initialised from %s", config.model.text.init_from)
   state["step"] = jax.device_put(jnp.asarray(resumed.step, jnp.int32), s.state_shardings["step"])
   step = resumed.step
   logging.info("starting at step %d (%s); mesh %s; %d devices, %d processes", step,

@@ -63,8 +63,43 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+# Hugging Face BERT-base (bert-base-uncased, MedCPT, Bio_ClinicalBERT): the architecture of
+# `text=bert` without a checkpoint; `model.text.init_from=DIR` replaces it by DIR/config.json.
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
+                 max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+                 pad_token_id=0)
+
+
+def text_config(kind: str, vocab_size: int) -> ml_collections.ConfigDict:
+  """The `config.model.text` subtree: which report backbone (models/bert_tower.py).
+
+  Args:
+    kind: 'transformer' (trained from scratch, `text_*` widths of the size) or 'bert'
+      (BERT-family tower; with `init_from=DIR` a local Hugging Face checkpoint).
+    vocab_size: vocabulary of a BERT without checkpoint (the dataset's replaces it).
+
+  Returns:
+    ConfigDict: kind, init_from, freeze_layers, bert (architecture), mlm_head, vocab_sha256.
+  """
+  if kind not in ("transformer", "bert"):
+    raise ValueError(f"unknown text {kind!r}; known: ['bert', 'transformer']")
+  t = ml_collections.ConfigDict()
+  t.kind = kind
+  # A local Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer).
+  t.init_from = ml_collections.config_dict.placeholder(str)
+  # Embeddings + the first K blocks stay fixed (MERL: 6 of MedCPT's 12); 0 trains all.
+  t.freeze_layers = 0
+  t.bert = dict(BERT_BASE, vocab_size=vocab_size)
+  # Filled from init_from: its masked-LM head is used; its WordPiece vocabulary's digest.
+  t.mlm_head = False
+  t.vocab_sha256 = ml_collections.config_dict.placeholder(str)
+  return t
+
+
 def model_config(size: str, *, fs: int, vocab_size: int = 8000,
-                 max_report_len: int = 128) -> ml_collections.ConfigDict:
+                 max_report_len: int = 128, text: str = "transformer"
+                 ) -> ml_collections.ConfigDict:
   """The `config.model` subtree for a size from `SIZES`.
 
   Args:
@@ -74,6 +109,7 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
       fast, since full-sequence attention cost grows with the square of the token count).
     vocab_size: SentencePiece vocabulary (the trainer checks it against the dataset).
     max_report_len: padded report length (the trainer checks it against the dataset).
+    text: report backbone, 'transformer' or 'bert' (`text_config`).
 
   Returns:
     ConfigDict of the model.
@@ -86,6 +122,9 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.num_leads = 12
   m.vocab_size = vocab_size
   m.max_report_len = max_report_len
+  m.text = text_config(text, vocab_size)
+  if text == "bert":
+    m.text_width = BERT_BASE["hidden_size"]  # the checkpoint's, once init_from is resolved
   m.mlp_ratio = 4
   # ECG features used for linear probing: 'shared', 'specific' or 'concat'.
   m.probe_features = "concat"

@@ -6,7 +6,9 @@ Usage:
 
 Config arg keys (after `:`): size (tiny|small|base), variant (full|contrastive|ecg_mask|
 text_mask|ecg_mask_only, the paper's ablation rows), fs (data sampling rate, default 100 for
-tiny and 500 otherwise).
+tiny and 500 otherwise), text (transformer|bert: the report backbone; bert is BERT-base, or
+the checkpoint of --config.model.text.init_from=DIR, a local Hugging Face folder; see
+docs/MODEL.md).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, size="tiny", variant="full", fs=0)
+  args = common.parse_arg(arg, size="tiny", variant="full", fs=0, text="transformer")
   fs = args.fs or (100 if args.size == "tiny" else 500)
   if args.variant not in common.VARIANTS:
     raise ValueError(f"unknown variant {args.variant!r}; known: {sorted(common.VARIANTS)}")
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.val_split = "val"
 
-  config.model = common.model_config(args.size, fs=fs)
+  config.model = common.model_config(args.size, fs=fs, text=args.text)
 
   # Spatial-temporal masking over the (lead x time) token grid; counts are static.
   # lead_ratio: whole leads hidden; time_ratio: time patches hidden in every lead;

@@ -8,7 +8,8 @@ Usage:
 
 The output folder holds `cgdmer_ecg-<split>.tfrecord-NNNNN-of-NNNNN` shards, the TFDS
 metadata (`tfds.builder_from_directory(output)` loads it), `manifest.csv` (one row per input
-record: written or rejected with a reason), `tokenizer.model` and `build_info.json`.
+record: written or rejected with a reason), `tokenizer.model` (or `wordpiece.json` with
+`--tokenizer=hf:DIR`) and `build_info.json`.
 Rerunning the same command resumes an interrupted run and leaves a finished one unchanged.
 See docs/DATA.md.
 
@@ -35,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from data_pipelines import beam_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import write  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _SOURCE = flags.DEFINE_enum(
@@ -62,7 +64,10 @@ _VOCAB = flags.DEFINE_integer(
     "a warning when the train reports cannot fill it.")
 _TOKENIZER = flags.DEFINE_string(
     "tokenizer", None, "Reuse this SentencePiece model instead of training one (it must "
-    "have pad=0 unk=1 bos=2 eos=3 <mask>=4); copied into the output.")
+    "have pad=0 unk=1 bos=2 eos=3 <mask>=4); copied into the output. hf:DIR: the WordPiece "
+    "tokenizer of a local Hugging Face checkpoint folder (tokenizer.json or vocab.txt) with "
+    "its own special ids, stored as [CLS] pieces [SEP] [PAD]... (wordpiece.json in the "
+    "output), for a report tower loaded from that folder.")
 _MAX_REPORT_LEN = flags.DEFINE_integer(
     "max_report_len", 128, "Stored report length: [bos] + pieces + [eos], truncated keeping "
     "eos, padded with pad.")
@@ -111,7 +116,16 @@ def main(argv) -> int:
     print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
     return 2
   config = config_from_flags()
-  if config.tokenizer and not os.path.isfile(config.tokenizer):
+  if config.tokenizer and config.tokenizer.startswith(wordpiece.PREFIX):
+    folder = config.tokenizer[len(wordpiece.PREFIX):]
+    try:
+      if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder")
+      wordpiece.from_folder(folder)
+    except (FileNotFoundError, ValueError) as e:
+      print(f"error: --tokenizer {config.tokenizer}: {e}", file=sys.stderr)
+      return 2
+  elif config.tokenizer and not os.path.isfile(config.tokenizer):
     print(f"error: --tokenizer {config.tokenizer} is not a file", file=sys.stderr)
     return 2
   try:

@@ -89,7 +89,7 @@ class _State:
     # (TensorFlow's ~3 s import is paid here, once per worker, not inside the first shard.)
     self.spec = spec
     self.source = sources.get_source(spec.source, spec.input, **spec.source_options)
-    self.tokenizer = (tokenizer_lib.Tokenizer(spec.tokenizer_proto)
+    self.tokenizer = (tokenizer_lib.from_bytes(spec.tokenizer_proto)
                       if spec.tokenizer_proto else None)
     self.features = features.tfds_features(spec.signal.num_samples, spec.max_report_len)
     self.serializer = example_serializer.ExampleSerializer(

@@ -1,5 +1,8 @@
 """The report tokenizer: SentencePiece trained on the TRAIN split's cleaned reports.
 
+(Or a pretrained checkpoint's WordPiece, `--tokenizer=hf:DIR`: `data_pipelines.wordpiece`.
+`from_bytes` / `load` open either kind from its stored file.)
+
 Special ids are fixed for every model this project trains (`cgdmer_jax.data.features`):
 
 | id | piece    | use                                                     |
@@ -78,8 +81,32 @@ def train(reports: Iterable[str], vocab_size: int, *, seed: int = 0) -> bytes:
   return proto
 
 
+def from_bytes(data: bytes):
+  """The tokenizer of stored bytes: `wordpiece.json` (JSON) or a SentencePiece model.
+
+  Returns:
+    `Tokenizer` or `wordpiece.WordPiece` (same interface).
+  """
+  if data[:1] == b"{":
+    from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top
+    return wordpiece.WordPiece.from_bytes(data)
+  return Tokenizer(data)
+
+
+def load(path: str | os.PathLike):
+  """`from_bytes` of a file (a dataset's, a workdir's or an export's tokenizer)."""
+  with open(path, "rb") as f:
+    return from_bytes(f.read())
+
+
 class Tokenizer:
   """Fixed-length encoding of reports with a SentencePiece model."""
+
+  kind = "sentencepiece"
+  file_name = features.TOKENIZER_FILE
+  special_ids = {"pad": features.PAD_ID, "unk": features.UNK_ID, "bos": features.BOS_ID,
+                 "eos": features.EOS_ID, "mask": features.MASK_ID}
+  normal_ids_start = features.NUM_SPECIAL
 
   def __init__(self, model_proto: bytes):
     self.proto = bytes(model_proto)
@@ -100,6 +127,20 @@ class Tokenizer:
   @property
   def vocab_size(self) -> int:
     return self.sp.get_piece_size()
+
+  @property
+  def name(self) -> str:
+    """How errors name this tokenizer."""
+    import hashlib  # pylint: disable=g-import-not-at-top
+    return (f"SentencePiece ({self.vocab_size} pieces, sha256 "
+            f"{hashlib.sha256(self.proto).hexdigest()[:12]})")
+
+  @property
+  def vocab_sha256(self) -> str | None:
+    return None
+
+  def to_bytes(self) -> bytes:
+    return self.proto
 
   def pieces(self, text: str) -> list[str]:
     return self.sp.encode(text, out_type=str)

@@ -4,7 +4,8 @@
 
 1. **List** the source's records (no signal read), clean their reports, assign splits by
    patient (`splits.assign`), order each split by record hash and cut it into shards.
-2. **Tokenizer**: `--tokenizer` if given; else the output's own `tokenizer.model` when a
+2. **Tokenizer**: `--tokenizer` if given (a SentencePiece model, or `hf:DIR`: the WordPiece
+   tokenizer of a pretrained checkpoint folder, `wordpiece.py`); else the output's own `tokenizer.model` when a
    previous run trained it on the same corpus; else trained on the TRAIN split's reports.
 3. **Plan check**: a fingerprint of everything that decides the output bytes (config, input,
    tokenizer, the records of every shard) is kept in `_build/plan.json`. Rerunning with the
@@ -46,6 +47,7 @@ from data_pipelines import signal as signal_lib
 from data_pipelines import sources
 from data_pipelines import splits as splits_lib
 from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines import wordpiece
 
 # Automatic shard count: ~128 MiB shards, but at least min(16, n/256) shards per split so
 # small splits still spread over workers and hosts.
@@ -153,7 +155,7 @@ def _fingerprint(config: BuildConfig, tasks, tokenizer_sha: str | None) -> dict:
 
 
 _OURS = ("dataset_info.json", "features.json", features.BUILD_INFO_FILE,
-         features.MANIFEST_FILE, features.TOKENIZER_FILE)
+         features.MANIFEST_FILE, features.TOKENIZER_FILE, wordpiece.FILE)
 
 
 def _our_files(out: pathlib.Path):
@@ -201,9 +203,11 @@ def _tokenizer(config: BuildConfig, out: pathlib.Path, tasks, source) -> tuple[b
   """(model bytes or None, corpus digest) per stage 2 of the module docstring."""
   corpus = [r.report for t in tasks if t.split == "train" for r in t.refs if r.report]
   corpus_sha = _sha("\n".join(sorted(corpus)))
+  if config.tokenizer and config.tokenizer.startswith(wordpiece.PREFIX):
+    return wordpiece.from_folder(config.tokenizer[len(wordpiece.PREFIX):]).to_bytes(), corpus_sha
   if config.tokenizer:
     proto = pathlib.Path(config.tokenizer).read_bytes()
-    tokenizer_lib.Tokenizer(proto)  # fails now, with the reason, if the special ids differ
+    tokenizer_lib.from_bytes(proto)  # fails now, with the reason, if the special ids differ
     return proto, corpus_sha
   if not corpus:
     if source.has_reports:
@@ -328,11 +332,12 @@ def build(config: BuildConfig) -> Summary:
   proto, corpus_sha = _tokenizer(config, out, tasks, source)
   stages["tokenizer"] = time.perf_counter() - mark
   tok_sha = _sha(proto) if proto else None
+  tok = tokenizer_lib.from_bytes(proto) if proto else None
   _prepare_output(config, out, _fingerprint(config, tasks, tok_sha))
   if proto:
-    if not (out / features.TOKENIZER_FILE).is_file() or _sha(
-        (out / features.TOKENIZER_FILE).read_bytes()) != tok_sha:
-      metadata.atomic_write(out / features.TOKENIZER_FILE, proto)
+    tok_file = out / tok.file_name
+    if not tok_file.is_file() or _sha(tok_file.read_bytes()) != tok_sha:
+      metadata.atomic_write(tok_file, proto)
     metadata.atomic_write(out / shard_worker.BUILD_DIR / "tokenizer.json", json.dumps(
         {"corpus_sha256": corpus_sha, "vocab_size": config.vocab_size,
          "model_sha256": tok_sha}, sort_keys=True))
@@ -351,7 +356,7 @@ def build(config: BuildConfig) -> Summary:
   rows = metadata.read_parts(out, tasks)
   metadata.write_manifest(out, rows)
   counts = metadata.counts(rows)
-  vocab = tokenizer_lib.Tokenizer(proto).vocab_size if proto else 0
+  vocab = tok.vocab_size if tok else 0
   metadata.write_tfds_metadata(
       out, tasks, rows, config.signal.num_samples, config.max_report_len,
       description=f"CG-DMER ECG + report records converted from {config.source} "
@@ -366,10 +371,12 @@ def build(config: BuildConfig) -> Summary:
       "max_nan_fraction": config.signal.max_nan_fraction,
       "max_report_len": config.max_report_len, "vocab_size": vocab,
       "vocab_size_requested": None if config.tokenizer else config.vocab_size,
-      "tokenizer": features.TOKENIZER_FILE if proto else None,
-      "special_ids": {"pad": features.PAD_ID, "unk": features.UNK_ID,
-                      "bos": features.BOS_ID, "eos": features.EOS_ID,
-                      "mask": features.MASK_ID},
+      "tokenizer": tok.file_name if tok else None,
+      "tokenizer_kind": tok.kind if tok else None,
+      "tokenizer_name": tok.name if tok else None,
+      "vocab_sha256": tok.vocab_sha256 if tok else None,
+      "special_ids": dict(tok.special_ids if tok else tokenizer_lib.Tokenizer.special_ids),
+      "normal_ids_start": tok.normal_ids_start if tok else features.NUM_SPECIAL,
       "split_mode": config.split_mode, "val_fraction": config.val_fraction,
       "test_fraction": config.test_fraction,
       "shards": {s: sum(1 for t in tasks if t.split == s) for s in features.SPLITS

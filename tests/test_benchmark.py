@@ -38,6 +38,23 @@ def test_xla_flops_agree_with_analytic_count(variant):
   assert abs(xla["dot_flops"] / analytic - 1) < 0.02, (xla, analytic)
 
 
+def test_xla_flops_agree_with_analytic_count_bert_tower_with_frozen_layers():
+  config = pretrain.get_config("size=tiny,text=bert")
+  config.data.batch_size = 4
+  config.model.vocab_size = 500
+  config.model.text_width = 64
+  config.model.text.bert = dict(config.model.text.bert, vocab_size=500, hidden_size=64,
+                                num_hidden_layers=3, num_attention_heads=4,
+                                intermediate_size=96)
+  config.model.text.freeze_layers = 1
+  xla = flops.xla_step_flops(config)
+  analytic = flops.analytic_step_flops(config, config.data.batch_size)
+  assert 1.0 <= xla["flops"] / analytic["total"] < 1.10, (xla, analytic)
+  assert abs(xla["dot_flops"] / analytic["total"] - 1) < 0.02, (xla, analytic)
+  config.model.text.freeze_layers = 0
+  assert flops.analytic_step_flops(config, 4)["total"] > analytic["total"]
+
+
 def test_step_benchmark_on_two_devices(tmp_path):
   config = _tiny(batch=4)
   # The FLOP count is the test above; here the step's own compile only.
@@ -87,3 +104,5 @@ def test_command_line_makes_fake_devices(tmp_path):
   assert [r["devices"] for r in report["runs"]] == [1, 2]
   assert [r["global_batch"] for r in report["runs"]] == [2, 4]  # weak scaling
   assert "scaling efficiency" in res.stdout
+  assert report["params"]["total"] > report["params"]["ecg encoder"] > 0
+  assert "parameters: " in res.stdout

@@ -119,6 +119,34 @@ def test_text_mask_only_real_tokens(config):
   assert (new[new != features.MASK_ID] >= features.NUM_SPECIAL).all()
 
 
+def test_text_mask_follows_a_wordpiece_datasets_special_ids():
+  """BERT-layout ids ([PAD]=0, [UNK]=3, [CLS]=4, [SEP]=5, [MASK]=6, as the build_info of a
+  `--tokenizer=hf:DIR` dataset says): 1 and 2 are ordinary tokens here, 4..6 are not."""
+  config = pretrain.get_config("size=tiny")
+  special = dict(pad=0, unk=3, bos=4, eos=5, mask=6)
+  config.model.special_ids = special
+  config.model.normal_ids_start = 7
+  config.model.vocab_size = 50
+  L = config.model.max_report_len
+  rng = np.random.default_rng(0)
+  n = 64
+  ids = np.zeros((n, L), np.int64)
+  body = rng.integers(1, 50, (n, 30))
+  body[body == 6] = 1  # no [MASK] in the input, so a new 6 is the masking's own
+  ids[:, 0], ids[:, 1:31], ids[:, 31] = 4, body, 5
+  lens = np.full(n, 32)
+  m = masking.sample_text_mask(jax.random.key(1), ids, lens, config)
+  pos, w, inp = (np.asarray(m[k]) for k in ("positions", "weights", "input_ids"))
+  rows = np.broadcast_to(np.arange(n)[:, None], pos.shape)
+  picked_ids = ids[rows[w > 0], pos[w > 0]]
+  assert not np.isin(picked_ids, list(special.values())).any()
+  assert np.isin(picked_ids, [1, 2]).any()  # ids below NUM_SPECIAL are candidates here
+  new = inp[rows[w > 0], pos[w > 0]]
+  assert 0.75 < np.mean(new == 6) < 0.85
+  assert ((new == 6) | (new >= 7) | (new == picked_ids)).all()
+  assert (inp[:, 0] == 4).all() and (inp[:, 31] == 5).all()
+
+
 def test_text_mask_off(config):
   config = pretrain.get_config("size=tiny,variant=ecg_mask")
   ids, lens = _reports(config, [20, 5])

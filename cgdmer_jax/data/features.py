@@ -14,7 +14,8 @@ feature description from `tfds_features`, so the two can never disagree.
 | lead_mask    | int64  | (12,)                  | 1 where the lead was recorded                  |
 | fs           | int64  | ()                     | sampling rate after resampling (Hz)            |
 | report       | string | ()                     | cleaned report text ('' when none)             |
-| report_ids   | int64  | (max_report_len,)      | SentencePiece ids, padded with PAD_ID          |
+| report_ids   | int64  | (max_report_len,)      | token ids (SentencePiece, or a checkpoint's    |
+|              |        |                        | WordPiece: build_info's special_ids), padded   |
 | report_len   | int64  | ()                     | ids before padding (0 when no report)          |
 
 `ecg` is stored as raw little-endian bytes (TFDS `Encoding.BYTES`), 2 bytes per sample:
@@ -50,6 +51,9 @@ DATASET_NAME = "cgdmer_ecg"
 
 # Side files written next to the shards.
 TOKENIZER_FILE = "tokenizer.model"
+# A pretrained checkpoint's WordPiece tokenizer (`--tokenizer=hf:DIR`, data_pipelines.wordpiece).
+WORDPIECE_FILE = "wordpiece.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, WORDPIECE_FILE)
 MANIFEST_FILE = "manifest.csv"
 BUILD_INFO_FILE = "build_info.json"
 

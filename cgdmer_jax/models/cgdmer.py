@@ -98,7 +98,7 @@ class CGDMER(nnx.Module):
     self.disentangle = disentangle.Disentangler(config, modalities, rngs=rngs)
     self.ecg_proj = layers.dense(ds, m.embed_dim, dtype=dtype, rngs=rngs)
     if self.branches["text"]:
-      self.text = text.TextEncoder(config, rngs=rngs)
+      self.text = text.build(config, rngs=rngs)
       self.text_proj = layers.dense(ds, m.embed_dim, dtype=dtype, rngs=rngs)
     if self.branches["contrastive"]:
       self.siglip = SigLIPScalars(m.siglip_init_log_temp, m.siglip_init_bias)
@@ -157,7 +157,7 @@ class CGDMER(nnx.Module):
         out["text/embedding"] = layers.l2_normalize(self.text_proj(out["text/shared"]))
       if self.branches["text_head"]:
         out["text/logits"] = self.text_head(txt_sh, txt_sp, tm["positions"],
-                                            self.text.token_embed.embedding[...])
+                                            self.text.token_table())
     if self.branches["contrastive"]:
       out["siglip/temperature"] = jnp.exp(self.siglip.log_temp[...])
       out["siglip/bias"] = self.siglip.bias[...]

@@ -13,7 +13,9 @@ equivariant once positions are added, so the sequence is simply [visible; masked
 being un-shuffled back into grid order (no scatter), and the predictions are its last M rows.
 
 Text head (BERT's MLM head): gather the K masked positions, Dense + GELU + LayerNorm, then
-logits against the (tied) token embedding table plus a per-token output `bias`.
+logits against the (tied) token embedding table plus a per-token output `bias`. With a
+pretrained BERT tower whose checkpoint has its masked-LM head, the Dense + act + LayerNorm +
+bias after the concat projection are that head's (`bert.MLMHead`, loaded with the tower).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax.models import disentangle, layers, patching
+from cgdmer_jax.models import bert, bert_tower, disentangle, layers, patching
 
 
 class ECGDecoder(nnx.Module):
@@ -65,6 +67,10 @@ class TextHead(nnx.Module):
     self.dtype = layers.compute_dtype(m.dtype)
     self.in_proj = layers.dense(disentangle.shared_width(m) + m.text_width, m.text_width,
                                 dtype=self.dtype, rngs=rngs)
+    t = bert_tower.settings(m)
+    if bert_tower.is_bert(m) and t.mlm_head:
+      self.mlm = bert.MLMHead(bert.BertConfig.from_dict(t.bert), dtype=self.dtype, rngs=rngs)
+      return
     self.norm = layers.layer_norm(m.text_width, rngs=rngs)
     self.bias = nnx.Param(jnp.zeros((m.vocab_size,), jnp.float32))
 
@@ -73,6 +79,8 @@ class TextHead(nnx.Module):
     """Logits over the vocabulary at the masked positions, float32 [B, K, vocab]."""
     x_BxKxF = patching.gather_tokens(jnp.concatenate([shared_BxLxS, specific_BxLxD], -1),
                                 positions_BxK)
+    if hasattr(self, "mlm"):
+      return self.mlm(self.in_proj(x_BxKxF).astype(jnp.float32), token_table_VxD)
     h_BxKxD = self.norm(jax.nn.gelu(self.in_proj(x_BxKxF), approximate=False))
     logits = jnp.einsum("bkd,vd->bkv", h_BxKxD.astype(self.dtype),
                         token_table_VxD.astype(self.dtype),

@@ -1,5 +1,8 @@
 """The report backbone: token + learned position embeddings and a pre-norm transformer.
 
+(`build` picks it or the pretrained BERT-family tower of `models/bert_tower.py` from
+`config.model.text`; both have this module's interface.)
+
 Reports are SentencePiece ids `BOS ... EOS PAD...` (right padded, `data/features.py`), so
 padding is excluded from attention by the key length (`key_value_seq_lengths`), which the
 cuDNN kernel supports natively. BERT-style (bidirectional) attention, learned absolute
@@ -17,6 +20,14 @@ from flax import nnx
 from cgdmer_jax.models import layers
 
 
+def build(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
+  """The report backbone `config.model.text` selects (`TextEncoder` or `BertTextEncoder`)."""
+  from cgdmer_jax.models import bert_tower  # pylint: disable=g-import-not-at-top
+  if bert_tower.is_bert(config.model):
+    return bert_tower.BertTextEncoder(config, rngs=rngs)
+  return TextEncoder(config, rngs=rngs)
+
+
 class TextEncoder(nnx.Module):
   """Token + position embedding and the text transformer."""
 
@@ -32,6 +43,10 @@ class TextEncoder(nnx.Module):
         m.text_width, m.text_depth, m.text_heads, m.mlp_ratio, dtype=dtype,
         impl=layers.attention_impl(m.attention, dtype), scan=m.scan_layers, remat=m.remat,
         rngs=rngs)
+
+  def token_table(self) -> jax.Array:
+    """The token embedding table [vocab, D] (tied output layer of the masked-token head)."""
+    return self.token_embed.embedding[...]
 
   def __call__(self, ids_BxL: jax.Array, len_B: jax.Array) -> dict[str, jax.Array]:
     """Encodes (possibly corrupted) report ids.

@@ -124,6 +124,10 @@ def print_report(report: dict[str, Any]) -> None:
   print(f"device: {report['device_kind']} ({report['platform']}), {report['devices_available']} "
         f"available; host: {report['host_cpus']} CPUs, load {report['load_before']} -> "
         f"{report['load_after']}")
+  if "params" in report:
+    p = report["params"]
+    print(f"parameters: {p['total'] / 1e6:.3f}M (ECG encoder {p['ecg encoder'] / 1e6:.3f}M, "
+          f"text backbone {p.get('text backbone', 0) / 1e6:.3f}M)")
   for r in report["runs"]:
     mfu = "n/a (no peak known: --peak_tflops)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     xla = r["flops_per_step_xla"]
@@ -164,11 +168,16 @@ def main(argv) -> None:
   if _INPUT.value == "tfrecord":
     from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
     train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  else:
+    from cgdmer_jax import pretrained_text  # pylint: disable=g-import-not-at-top
+    pretrained_text.resolve(config)  # a pretrained report tower's shape, without a dataset
   load_before = os.getloadavg()
   report: dict[str, Any] = dict(
       config=config.to_dict(), device_kind=jax.devices()[0].device_kind,
       platform=jax.default_backend(), devices_available=jax.device_count(),
       host_cpus=len(os.sched_getaffinity(0)), input=_INPUT.value, per_device_batch=per_device)
+  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
+  report["params"] = objective.param_counts(config)  # a pretrained report tower included
   report["runs"] = weak_scaling(
       config, counts, per_device, steps=_STEPS.value, warmup=_WARMUP.value,
       input_kind=_INPUT.value, xla_flops=_XLA_FLOPS.value, peak_tflops=_PEAK_TFLOPS.value,

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 
 from cgdmer_jax import masking
-from cgdmer_jax.models import cgdmer, disentangle
+from cgdmer_jax.models import bert, bert_tower, cgdmer, disentangle
 
 # Dense peak per device (one GPU, one TPU chip) in TFLOP/s, for the matmul precision each
 # `model.dtype` gets by default: bfloat16 on tensor cores / MXUs; float32 under JAX's default
@@ -74,11 +74,12 @@ def _dense(tokens: float, d_in: int, d_out: int) -> float:
   return 2.0 * tokens * d_in * d_out
 
 
-def _block(batch: float, seq: int, width: int, mlp_ratio: int) -> float:
-  """Forward FLOPs of one pre-norm block over `batch` sequences of `seq` tokens."""
+def _block(batch: float, seq: int, width: int, mlp_ratio: int, hidden: int = 0) -> float:
+  """Forward FLOPs of one block over `batch` sequences of `seq` tokens (MLP width `hidden`,
+  default `mlp_ratio * width`; pre- and post-norm blocks do the same matmuls)."""
   tokens = batch * seq
   proj = _dense(tokens, width, 3 * width) + _dense(tokens, width, width)
-  mlp = 2 * _dense(tokens, width, mlp_ratio * width)
+  mlp = 2 * _dense(tokens, width, hidden or mlp_ratio * width)
   attention = 2 * 2.0 * batch * seq * seq * width  # q.k scores and p.v, all heads
   return proj + mlp + attention
 
@@ -106,7 +107,8 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   Returns:
     dict of forward FLOPs per part (`ecg backbone`, `ecg disentangle`, `ecg decoder`,
     `text backbone`, `text disentangle`, `text head`, `heads and losses`) plus `forward` and
-    `total` (forward + backward).
+    `total` (forward + backward). A BERT tower's frozen embeddings + first K blocks
+    (`model.text.freeze_layers`) get no backward pass: gradients stop at block K's output.
   """
   m = config.model
   br = cgdmer.branches(config)
@@ -128,9 +130,16 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
     fwd["ecg decoder"] = (_dense(B * V, S + De, W) + m.dec_depth * _block(B, N, W, r)
                           + _dense(B * M, W, m.patch_size))
   heads = 0.0
+  frozen = 0.0
   if br["text"]:
     L, Dt = m.max_report_len, m.text_width
-    fwd["text backbone"] = m.text_depth * _block(B, L, Dt, r)
+    if bert_tower.is_bert(m):
+      cfg = bert.BertConfig.from_dict(m.text.bert)
+      per_block = _block(B, L, Dt, r, hidden=cfg.intermediate_size)
+      fwd["text backbone"] = cfg.num_hidden_layers * per_block
+      frozen = int(m.text.freeze_layers) * per_block
+    else:
+      fwd["text backbone"] = m.text_depth * _block(B, L, Dt, r)
     txt_dis = _token_encoder(B, L, S, S, m.shared_depth, r)
     txt_dis += _token_encoder(B, L, Dt, Dt, m.specific_depth, r)
     if Dt != S:
@@ -140,6 +149,8 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
     if br["text_head"]:
       K = masking.num_text_slots(config)
       fwd["text head"] = _dense(B * K, S + Dt, Dt) + _dense(B * K, Dt, m.vocab_size)
+      if bert_tower.is_bert(m) and m.text.mlm_head:
+        fwd["text head"] += _dense(B * K, Dt, Dt)  # the checkpoint head's transform
   if br["contrastive"]:
     heads += 2 * _dense(B, S, m.embed_dim) + 2.0 * B * B * m.embed_dim  # projections, logits
   if config.loss.disentangle > 0:
@@ -148,8 +159,8 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   forward = sum(fwd.values())
   out = dict(fwd)
   out["forward"] = forward
-  # Backward = 2x forward; a patch projection that reads the data directly: 1x.
-  out["total"] = 3 * forward - (0.0 if m.get("patch_norm", False) else patch)
+  # Backward = 2x forward; a patch projection that reads the data directly: 1x; frozen: 0x.
+  out["total"] = 3 * forward - (0.0 if m.get("patch_norm", False) else patch) - 2 * frozen
   return out
 
 
