@@ -174,6 +174,31 @@ def _parser(info: DatasetInfo, with_ids: bool):
   return parse
 
 
+def unparsable(info: DatasetInfo, serialized: list[bytes]) -> list[int]:
+  """Indices of the serialized records that the training parser rejects (wrong schema).
+
+  Args:
+    info: the dataset's metadata (shapes of the schema).
+    serialized: serialized examples.
+
+  Returns:
+    The indices, in order; [] when every record parses.
+  """
+  parse = _parser(info, True)
+  try:
+    if serialized:
+      parse(tf.constant(serialized))
+    return []
+  except (tf.errors.InvalidArgumentError, ValueError):
+    bad = []
+    for i, record in enumerate(serialized):
+      try:
+        parse(tf.constant([record]))
+      except (tf.errors.InvalidArgumentError, ValueError):
+        bad.append(i)
+    return bad
+
+
 def _strings(values: np.ndarray) -> np.ndarray:
   """TF string tensors (numpy object arrays of bytes) as a numpy str array."""
   return np.array([v.decode("utf-8") for v in values.reshape(-1)], dtype=str).reshape(
