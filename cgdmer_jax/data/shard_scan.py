@@ -14,8 +14,11 @@ are still read:
   fits in the file and points at another plausible header are tried with the reader), so a
   damaged header costs at most the records it hides.
 
-Used by the reader (`on_corrupt='skip'`, and to name the file of a `DataLossError`) and by
-`data_pipelines.verify`. TensorFlow is imported here; model and step code never import this.
+The reader's damage handling lives here too: `records_fn` (the per-file record source of
+`on_corrupt='error'|'skip'`), `DamageLog` (what a skipping stream skipped) and
+`DamagedShardError` (a `DataLossError` with its file named: `named_errors`, `locate`). Used by
+the reader and by `data_pipelines.verify`. TensorFlow is imported here; model and step code
+never import this module.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import mmap
 import os
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterator
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.lib.io import _pywrap_record_io  # pylint: disable=g-direct-tensorflow-import
@@ -174,3 +179,80 @@ def locate(paths, message: str) -> Damage | None:
       finally:
         reader.close()
   return None
+
+
+ON_CORRUPT = ("error", "skip")
+
+
+class DamagedShardError(RuntimeError):
+  """A shard holds a record that fails its checks; `damage` names the file and offset."""
+
+  def __init__(self, data_dir: str, damage: Damage | None, message: str):
+    self.damage = damage
+    where = (f"damaged TFRecord shard {damage.path}: the record at byte {damage.offset} "
+             f"fails its checks ({damage.reason})" if damage else
+             f"a TFRecord shard of {data_dir} is damaged ({message})")
+    super().__init__(
+        f"{where}. List every damaged shard with `python -m data_pipelines.verify "
+        f"--data_dir={data_dir}`; rebuild a shard by deleting it and rerunning the same "
+        "`python -m data_pipelines.build` command (only missing shards are converted), or "
+        "train past damaged records with --config.data.on_corrupt=skip")
+
+
+class DamageLog:
+  """The damaged records a stream with on_corrupt='skip' has skipped (thread-safe)."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._offsets: dict[str, set[int]] = {}
+    self._lost: dict[str, int] = {}
+
+  def add(self, damage: Damage) -> None:
+    with self._lock:
+      seen = self._offsets.setdefault(damage.path, set())
+      if damage.offset in seen:
+        return  # the same record met again in a later epoch
+      seen.add(damage.offset)
+    logging.warning("skipping a damaged record (on_corrupt=skip): %s", damage)
+
+  def file_done(self, path: str, read: int, expected: int) -> None:
+    """A whole pass over `path` read `read` of its `expected` records."""
+    with self._lock:
+      self._lost[path] = max(expected - read, 0)
+
+  @property
+  def count(self) -> int:
+    """Damaged records skipped so far (each counted once, however many epochs meet it)."""
+    with self._lock:
+      return sum(max(len(self._offsets.get(p, ())), self._lost.get(p, 0))
+                 for p in set(self._offsets) | set(self._lost))
+
+
+def records_fn(on_corrupt: str, log: DamageLog | None, files, lengths):
+  """`filename tensor -> dataset of serialized records` for `on_corrupt`."""
+  if on_corrupt not in ON_CORRUPT:
+    raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, not {on_corrupt!r}")
+  if on_corrupt == "error":
+    return tf.data.TFRecordDataset
+  expected = dict(zip(files, lengths))
+  log = log if log is not None else DamageLog()
+
+  def readable(path: bytes):
+    path = path.decode("utf-8")
+    read = 0
+    for record in records(path, log.add):
+      read += 1
+      yield record
+    log.file_done(path, read, expected[path])
+
+  return lambda f: tf.data.Dataset.from_generator(
+      readable, args=(f,), output_signature=tf.TensorSpec((), tf.string))
+
+
+def named_errors(batches, data_dir, files):
+  """`batches`, with a `DataLossError` turned into a `DamagedShardError` naming the file."""
+  try:
+    yield from batches
+  except tf.errors.DataLossError as e:
+    damage = locate(files, e.message)
+    raise DamagedShardError(str(data_dir), damage, e.message) from None
