@@ -32,6 +32,7 @@ from cgdmer_jax import objective
 from cgdmer_jax import optim
 from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
+from cgdmer_jax import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,11 +59,12 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
     config.model.max_report_len = int(info.max_report_len)
 
 
-def train_stream(config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+def train_stream(config, start_step: int, damage_log=None) -> Iterator[dict[str, np.ndarray]]:
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
   return reader.train_batches(
       config.data.dir, split=config.data.train_split, global_batch_size=config.data.batch_size,
-      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer)
+      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer,
+      on_corrupt=config.data.get("on_corrupt", "error"), damage_log=damage_log)
 
 
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
@@ -251,6 +253,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = reader.load_info(config.data.dir)
   apply_dataset_info(config, info)
   config_checks.check_resume(config, workdir)
+  with workdir_lock.hold(workdir):  # one trainer per workdir, from here to the end
+    return _train_locked(config, workdir, info)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
+                  ) -> dict[str, float]:
+  from cgdmer_jax.data import shard_scan  # pylint: disable=g-import-not-at-top
   write_config(config, workdir)
 
   mesh = sharding.make_mesh(config)
@@ -284,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_logged: dict[str, float] = {}
   pending = None  # (step, device metrics) of the last dispatched step, fetched one step later
   last_good_step = ckpt.latest_step()
+  damage_log = shard_scan.DamageLog() if config.data.get("on_corrupt") == "skip" else None
 
   def flush() -> None:
     nonlocal pending
@@ -310,10 +320,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_window, steps_window = time.perf_counter(), 0
   try:
     with jax.set_mesh(mesh):
-      batches = prefetch.device_batches(train_stream(config, step), mesh,
+      batches = prefetch.device_batches(train_stream(config, step, damage_log), mesh,
                                          config.data.get("prefetch", 2))
       while step < stop_at:
-        batch = next(batches)
+        try:
+          batch = next(batches)
+        except shard_scan.DamagedShardError:
+          if step > resumed.step and step != ckpt.latest_step():  # keep every finished step
+            save(step, force=True)
+          logging.error("damaged input: state saved at step %d in %s", step, ckpt.directory)
+          raise
         state, mets = s.train_step(state, batch)
         step += 1
         steps_window += 1
@@ -325,6 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last_logged = window.pop()
           last_logged["examples_per_s"] = steps_window * config.data.batch_size / dt
           last_logged["step_time_s"] = dt / steps_window
+          if damage_log is not None:
+            last_logged["data/damaged_records"] = damage_log.count
           writer.write(step, last_logged)
           progress.update(steps_window, loss=last_logged["loss"])
           t_window, steps_window = time.perf_counter(), 0
