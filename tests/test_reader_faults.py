@@ -1,4 +1,4 @@
-"""The reader on damaged shards: the file and offset named, or damaged records skipped and counted."""
+"""The reader on damaged shards: file and offset named, or damaged records skipped and counted."""
 
 import csv
 import itertools

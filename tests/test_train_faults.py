@@ -7,6 +7,7 @@ the same step program (persistent compilation cache)."""
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -115,7 +116,8 @@ def test_second_trainer_refused_and_stale_locks_taken_over(ptbxl_tfrecords, tmp_
   for change, age, stale in (({"boot_id": "another boot"}, 0, True),
                              ({"host": "node-7"}, 3600, True), ({"host": "node-7"}, 5, False)):
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "then",
-              "boot_id": workdir_lock._boot_id(), "start_time": ""}  # pylint: disable=protected-access
+              "boot_id": pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+              "start_time": ""}
     lock.write_text(json.dumps(dict(holder, **change)))
     os.utime(lock, (lock.stat().st_mtime - age,) * 2)
     if stale:
