@@ -23,6 +23,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cgdmer_jax import checkpointing
@@ -328,7 +329,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
         except shard_scan.DamagedShardError:
           if step > resumed.step and step != ckpt.latest_step():  # keep every finished step
             save(step, force=True)
-          logging.error("damaged input: state saved at step %d in %s", step, ckpt.directory)
+          logging.error("damaged input before step %d; latest checkpoint: step %s in %s",
+                        step + 1, ckpt.latest_step(), ckpt.directory)
           raise
         state, mets = s.train_step(state, batch)
         step += 1
@@ -341,8 +343,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
           last_logged = window.pop()
           last_logged["examples_per_s"] = steps_window * config.data.batch_size / dt
           last_logged["step_time_s"] = dt / steps_window
-          if damage_log is not None:
-            last_logged["data/damaged_records"] = damage_log.count
+          if damage_log is not None:  # every process reads its own files: the sum
+            last_logged["data/damaged_records"] = int(np.sum(
+                multihost_utils.process_allgather(np.int32(damage_log.count))))
           writer.write(step, last_logged)
           progress.update(steps_window, loss=last_logged["loss"])
           t_window, steps_window = time.perf_counter(), 0
