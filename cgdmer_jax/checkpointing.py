@@ -90,8 +90,15 @@ class Checkpointer:
     return {"params": out["params"], "opt_state": out["opt_state"]}, dict(out["meta"])
 
   def set_aside(self, step: int) -> epath.Path:
-    """Moves the step folder to `<workdir>/checkpoints_unreadable/` (process 0); returns
-    where it went. Every process then sees the remaining steps only."""
+    """Moves a step folder out of Orbax's way, keeping it (process 0 moves it).
+
+    Args:
+      step: the unreadable step.
+
+    Returns:
+      Where it went: `<workdir>/checkpoints_unreadable/<step>`. Every process then sees
+      only the remaining steps.
+    """
     target = self.directory.parent / UNREADABLE_DIR / str(step)
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,14 @@ def acquire(workdir: str | os.PathLike, stale_after_s: float = STALE_AFTER_S) ->
 
 @contextlib.contextmanager
 def hold(workdir: str | os.PathLike) -> Iterator[WorkdirLock]:
-  """`acquire` ... `release` around a block."""
+  """Holds the workdir's lock while the block runs.
+
+  Args:
+    workdir: the training workdir.
+
+  Returns:
+    A context manager yielding the `WorkdirLock` (released on leaving the block).
+  """
   lock = acquire(workdir)
   try:
     yield lock

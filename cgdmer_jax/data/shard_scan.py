@@ -55,7 +55,14 @@ class Damage:
 
 
 def error_offset(message: str) -> int | None:
-  """The byte offset in a TensorFlow `DataLossError` message, or None."""
+  """The byte offset in a TensorFlow `DataLossError` message.
+
+  Args:
+    message: the error's message ('... corrupted record at 4041747 ...').
+
+  Returns:
+    The offset, or None when the message holds none.
+  """
   m = _OFFSET.search(message)
   return int(m.group(1)) if m else None
 
@@ -139,7 +146,15 @@ def records(path: str | os.PathLike, on_damage: Callable[[Damage], None]
 
 
 def record_starts(path: str | os.PathLike, until: int) -> set[int]:
-  """Offsets of the record headers before `until`, from the length fields alone (no CRC)."""
+  """Offsets of the record headers up to `until`, from the length fields alone (no CRC).
+
+  Args:
+    path: the TFRecord file.
+    until: the last offset of interest.
+
+  Returns:
+    The set of header offsets <= `until` (past a damaged length they are meaningless).
+  """
   starts, offset = set(), 0
   with open(path, "rb") as f:
     while offset <= until:
@@ -158,6 +173,13 @@ def locate(paths, message: str) -> Damage | None:
   The error gives only an offset (of the record's header when its length fails, of its data
   when the data fails): the damaged file is the one with a record header there that fails
   to read.
+
+  Args:
+    paths: the files the stream reads.
+    message: the `DataLossError`'s message.
+
+  Returns:
+    The `Damage`, or None when no file matches.
   """
   offset = error_offset(message)
   if offset is None:
@@ -229,7 +251,20 @@ class DamageLog:
 
 
 def records_fn(on_corrupt: str, log: DamageLog | None, files, lengths):
-  """`filename tensor -> dataset of serialized records` for `on_corrupt`."""
+  """The per-file record source of a reader stream.
+
+  Args:
+    on_corrupt: 'error' (TensorFlow's own reader) or 'skip' (`records`, damage logged).
+    log: with 'skip', where damage is counted (a private log when None).
+    files: the split's shard paths.
+    lengths: their record counts from the metadata (the records a whole pass must read).
+
+  Returns:
+    `filename tensor -> tf.data.Dataset of serialized records`.
+
+  Raises:
+    ValueError: unknown `on_corrupt`.
+  """
   if on_corrupt not in ON_CORRUPT:
     raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, not {on_corrupt!r}")
   if on_corrupt == "error":
@@ -250,7 +285,16 @@ def records_fn(on_corrupt: str, log: DamageLog | None, files, lengths):
 
 
 def named_errors(batches, data_dir, files):
-  """`batches`, with a `DataLossError` turned into a `DamagedShardError` naming the file."""
+  """`batches`, with a `DataLossError` turned into a `DamagedShardError` naming the file.
+
+  Args:
+    batches: the stream's numpy iterator.
+    data_dir: the dataset folder (for the message).
+    files: the files the stream reads.
+
+  Returns:
+    The same batches.
+  """
   try:
     yield from batches
   except tf.errors.DataLossError as e:
