@@ -71,7 +71,8 @@ def train_stream(config, start_step: int, damage_log=None) -> Iterator[dict[str,
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
   return reader.eval_batches(config.data.dir, split=split,
-                             global_batch_size=config.data.eval_batch_size)
+                             global_batch_size=config.data.eval_batch_size,
+                             on_corrupt=config.data.get("on_corrupt", "error"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,14 +325,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
       batches = prefetch.device_batches(train_stream(config, step, damage_log), mesh,
                                          config.data.get("prefetch", 2))
       while step < stop_at:
-        try:
-          batch = next(batches)
-        except shard_scan.DamagedShardError:
-          if step > resumed.step and step != ckpt.latest_step():  # keep every finished step
-            save(step, force=True)
-          logging.error("damaged input before step %d; latest checkpoint: step %s in %s",
-                        step + 1, ckpt.latest_step(), ckpt.directory)
-          raise
+        batch = next(batches)
         state, mets = s.train_step(state, batch)
         step += 1
         steps_window += 1
@@ -368,6 +362,12 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
       flush()
       logging.info("process %d/%d ends at step %d; params digest %s", jax.process_index(),
                    jax.process_count(), step, params_digest(state["params"]))
+  except shard_scan.DamagedShardError:  # (train or val input) keep every finished step
+    if step > resumed.step and step != ckpt.latest_step():
+      save(step, force=True)
+    logging.error("damaged input after step %d; latest checkpoint: step %s in %s", step,
+                  ckpt.latest_step(), ckpt.directory)
+    raise
   finally:
     ckpt.wait()
     ckpt.close()
