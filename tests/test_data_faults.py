@@ -136,3 +136,16 @@ def test_verify_names_one_flipped_byte(embedded_data, ptbxl_tfrecords, tmp_path)
   assert summary.converted_now == 48
   assert verify.verify(data).ok
   assert _shards(data) == _shards(ptbxl_tfrecords)
+  # Counts are checked too: a manifest that lost a row no longer matches the shards.
+  manifest = data / features.MANIFEST_FILE
+  lines = manifest.read_text().splitlines(keepends=True)
+  manifest.write_text("".join(ln for ln in lines if ln.split(",")[0] != _first_in(data, 2)))
+  report = verify.verify(data)
+  assert report.problems == [f"{shard}: manifest.csv lists 47 written records, the TFDS "
+                             "metadata 48"], report.problems
+
+
+def _first_in(data, shard):
+  """The first record of train shard `shard`, from the manifest."""
+  rows = _manifest(data).values()
+  return next(r["record"] for r in rows if r["split"] == "train" and r["shard"] == str(shard))
