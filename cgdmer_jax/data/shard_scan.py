@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from absl import logging
 import numpy as np
 import tensorflow as tf
+# The class behind tensorflow.python.lib.io.tf_record.tf_record_random_reader, which tf.*
+# does not export (TensorFlow is pinned in setup.cfg; tests/test_reader_faults.py uses it).
 from tensorflow.python.lib.io import _pywrap_record_io  # pylint: disable=g-direct-tensorflow-import
 
 # length (8) + length CRC (4) before the data, data CRC (4) after it.
