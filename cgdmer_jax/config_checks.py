@@ -7,11 +7,14 @@ import pathlib
 
 import ml_collections
 
-from configs import common
+from cgdmer_jax import accumulate
+from cgdmer_jax import siglip
+from cgdmer_jax.models import cgdmer, layers, normalize
 
-NORMALIZE = ("zscore", "none")
-DTYPES = ("float32", "bfloat16")
-PROBE = ("shared", "specific", "concat")
+# The tables of accepted values belong to the modules that use them.
+NORMALIZE = normalize.METHODS
+DTYPES = tuple(layers.DTYPES)
+PROBE = cgdmer.PROBE_FEATURES
 
 
 class ConfigError(ValueError):
@@ -45,7 +48,6 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
   _require(d.batch_size > 0, f"config.data.batch_size must be positive, got {d.batch_size}")
   _require(d.normalize in NORMALIZE,
            f"config.data.normalize={d.normalize!r}; choose one of {NORMALIZE}")
-  _require(m.size in common.SIZES, f"config.model.size={m.size!r}; known: {sorted(common.SIZES)}")
   _require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r}; choose one of {DTYPES}")
   _require(m.probe_features in PROBE,
            f"config.model.probe_features={m.probe_features!r}; choose one of {PROBE}")
@@ -67,9 +69,19 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
            "config.loss.text > 0 needs config.mask.text=True (nothing to reconstruct otherwise)")
   _require(o.lr > 0, f"config.optim.lr must be positive, got {o.lr}")
   _require(o.warmup_steps >= 0, f"config.optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-  _require(o.grad_accum_steps >= 1 and d.batch_size % o.grad_accum_steps == 0,
-           f"config.optim.grad_accum_steps={o.grad_accum_steps} must be >= 1 and divide "
-           f"data.batch_size={d.batch_size}")
+  _require(o.grad_accum_steps >= 1 and m.batch_chunks >= 1,
+           f"config.optim.grad_accum_steps={o.grad_accum_steps} and config.model.batch_chunks="
+           f"{m.batch_chunks} must be >= 1")
+  for batch in (d.batch_size, d.eval_batch_size):
+    try:
+      accumulate.check(config, batch)
+    except ValueError as e:
+      raise ConfigError(f"config: {e}") from None
+  _require(d.eval_batch_size > 0,
+           f"config.data.eval_batch_size must be positive, got {d.eval_batch_size}")
+  _require(config.loss.get("siglip_impl", "all_gather") in siglip.IMPLS,
+           f"config.loss.siglip_impl={config.loss.get('siglip_impl')!r}; choose one of "
+           f"{siglip.IMPLS}")
   _require(config.total_steps > 0, f"config.total_steps must be positive, got {config.total_steps}")
   _require(d.get("on_corrupt", "error") in ("error", "skip"),
            f"config.data.on_corrupt={d.get('on_corrupt')!r}; choose 'error' or 'skip'")
@@ -90,6 +102,48 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
              "config.eval_every_steps > 0")
   _require(config.mesh.data == -1 or config.mesh.data >= 1, "config.mesh.data must be >= 1 or -1")
   _require(config.mesh.fsdp == -1 or config.mesh.fsdp >= 1, "config.mesh.fsdp must be >= 1 or -1")
+
+
+def check_devices(config: ml_collections.ConfigDict, num_devices: int,
+                  num_processes: int) -> None:
+  """The global batches must split evenly over the mesh's devices and over the processes.
+
+  `data.eval_batch_size` is checked too (when the run evaluates): a bad value would otherwise
+  train until the first evaluation and fail there, on every resume again.
+
+  Args:
+    config: full config.
+    num_devices: devices of the mesh.
+    num_processes: processes of the job.
+
+  Raises:
+    ConfigError: naming the field and the counts.
+  """
+  fields = ["batch_size"]
+  if config.get("eval_every_steps", 0):
+    fields.append("eval_batch_size")
+  for field in fields:
+    value = config.data[field]
+    for count, what in ((num_devices, "devices of the mesh"), (num_processes, "processes")):
+      _require(value % count == 0,
+               f"config.data.{field}={value} is not divisible by the {count} {what}: pass a "
+               f"multiple of {count}")
+
+
+def check_reports(config: ml_collections.ConfigDict, vocab_size: int, data_dir: str) -> None:
+  """A dataset without reports (no tokenizer, vocab 0) only trains variants without text.
+
+  Raises:
+    ConfigError: naming the variants that work without reports.
+  """
+  if vocab_size > 0 or not cgdmer.branches(config)["text"]:
+    return
+  ok = cgdmer.variants_without_reports()
+  raise ConfigError(
+      f"the dataset at {data_dir} has no reports (vocab_size 0, e.g. CinC, CPSC2018, CSN), but "
+      f"variant {config.get('variant', '')!r} (loss.contrastive={config.loss.contrastive}, "
+      f"loss.text={config.loss.text}) needs them; variants that train without reports: "
+      + ", ".join(f"--config=configs/pretrain.py:variant={v}" for v in ok))
 
 
 # Model settings that change how the step runs, not which parameters exist: free to change

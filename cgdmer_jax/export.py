@@ -16,7 +16,8 @@ The export folder holds:
 
 The serialized functions have a symbolic batch dimension `b`, carry their weights as
 constants, and are lowered for CPU, CUDA and TPU, so `jax.export.deserialize(bytes).call(...)`
-runs them anywhere JAX runs, with no Python model code (see `cgdmer_jax.inference`).
+runs them anywhere JAX runs, with no Python model code (`cgdmer_jax.inference.from_export`
+reads the folder). `export_model` writes it.
 Normalisation of the ECG happens inside the function, as in pretraining.
 
 Exit status: 0 exported; 1 on an error (message printed).
@@ -24,43 +25,152 @@ Exit status: 0 exported; 1 on an error (message printed).
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
+import shutil
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
-_OUT = flags.DEFINE_string("out", None, "Export folder (created; must not hold another export "
-                           "unless --overwrite).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Stored weights and compute dtype of the exported encoders.")
-_STEP = flags.DEFINE_string("step", "latest", "Checkpoint: 'latest', a step number, or 'best' "
-                            "(the params kept by zero-shot model selection, config.best).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export in --out.")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
-                               "Platforms the StableHLO is lowered for.")
+def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
+                 dtype: str = "float32", step: int | str | None = None,
+                 platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"),
+                 overwrite: bool = False) -> dict:
+  """Writes the export folder described in the module docstring.
+
+  Args:
+    workdir: a training workdir.
+    out: the export folder.
+    dtype: 'float32' or 'bfloat16' (weights stored and used in this dtype).
+    step: checkpoint step; None/'latest' for the latest, 'best' for `<workdir>/best`.
+    platforms: lowering platforms of the serialized functions.
+    overwrite: replace an existing export.
+
+  Returns:
+    The export_info dict.
+  """
+  # Heavy imports here: `--help` of the command stays instant.
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.data import features  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.models import cgdmer  # pylint: disable=g-import-not-at-top
+
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  config = inference.load_config(workdir / "config.json")
+  if out.exists() and any(out.iterdir()):
+    if not overwrite:
+      raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+    shutil.rmtree(out)
+  out.mkdir(parents=True, exist_ok=True)
+
+  with config.unlocked():
+    # Platform-independent attention so one StableHLO serves every platform.
+    config.model.attention = "xla"
+    config.model.dtype = dtype
+  graphdef, abstract = objective.abstract_init(config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  step_dir = checkpointing.resolve_step_dir(inference.checkpoint_target(workdir, step))
+  params = checkpointing.restore_params(step_dir, abstract, jax.tree.map(lambda _: device,
+                                                                         abstract))
+  store_dtype = jnp.dtype(dtype)
+  params = jax.tree.map(lambda x: x.astype(store_dtype), params)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save((out / "params").absolute(), params)
+
+  num_samples = int(round(config.data.fs * config.data.seconds))
+  L = int(config.model.max_report_len)
+  b = jax.export.symbolic_shape("b")[0]
+
+  def baked(fn):
+    # Weights become constants of the exported program (arrays created inside the trace),
+    # cast back to float32 parameters; `model.dtype` sets the matmul precision.
+    return lambda *args: fn(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), *args)
+
+  ecg = jax.export.export(jax.jit(baked(objective.encode_ecg_fn(graphdef, config))),
+                          platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct((b, features.NUM_LEADS, num_samples), jnp.float32),
+      jax.ShapeDtypeStruct((b,), jnp.int32),
+      jax.ShapeDtypeStruct((b, features.NUM_LEADS), jnp.bool_))
+  (out / inference.ECG_EXPORT).write_bytes(ecg.serialize())
+  has_text = cgdmer.branches(config)["text"]
+  if has_text:
+    text = jax.export.export(jax.jit(baked(objective.encode_text_fn(graphdef, config))),
+                             platforms=tuple(platforms))(
+        jax.ShapeDtypeStruct((b, L), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
+    (out / inference.TEXT_EXPORT).write_bytes(text.serialize())
+
+  tok = inference.tokenizer_of(config, workdir)
+  if tok:
+    shutil.copyfile(tok, out / features.TOKENIZER_FILE)
+  (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  info = {
+      "format_version": inference.EXPORT_FORMAT_VERSION,
+      "source_workdir": str(workdir.resolve()),
+      "step": (int(step_dir.name) if step_dir.name.isdigit()
+               else json.loads((step_dir / "meta.json").read_text())["step"]
+               if (step_dir / "meta.json").is_file() else None),
+      "checkpoint": str(step_dir), "dtype": dtype,
+      "platforms": list(platforms), "fs": int(config.data.fs),
+      "seconds": float(config.data.seconds), "num_samples": num_samples,
+      "leads": list(features.LEADS), "normalize": config.data.normalize,
+      "max_report_len": L, "variant": config.get("variant", ""),
+      "probe_features": config.model.probe_features, "has_text_encoder": has_text,
+      "tokenizer": features.TOKENIZER_FILE if tok else None,
+      "ecg_outputs": _signature(ecg),
+      "text_outputs": _signature(text) if has_text else None,
+      "jax_version": jax.__version__,
+  }
+  (out / inference.EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
+  return info
+
+
+def _signature(exported) -> dict[str, str]:
+  """{output name: 'dtype[shape]'} of an exported function returning a dict."""
+  import jax  # pylint: disable=g-import-not-at-top
+  outs = jax.tree_util.tree_unflatten(exported.out_tree, exported.out_avals)
+  return {k: f"{v.dtype}{list(map(str, v.shape))}" for k, v in outs.items()}
+
+
+def define_flags() -> None:
+  """The command's flags. Defined only when run as a command: `export_model` is imported by
+  other commands (quickstart) whose flags share names with these."""
+  flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
+  flags.DEFINE_string("out", None, "Export folder (created; must not hold another export "
+                      "unless --overwrite).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                    "Stored weights and compute dtype of the exported encoders.")
+  flags.DEFINE_string("step", "latest", "Checkpoint: 'latest', a step number, or 'best' "
+                      "(the params kept by zero-shot model selection, config.best).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing export in --out.")
+  flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
+                    "Platforms the StableHLO is lowered for.")
+  flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv) -> int:
   del argv
+  f = flags.FLAGS
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if not flags.FLAGS["verbosity"].present:
+  if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
   try:
-    info = inference.export_model(_WORKDIR.value, _OUT.value, dtype=_DTYPE.value,
-                                  step=_STEP.value, platforms=tuple(_PLATFORMS.value),
-                                  overwrite=_OVERWRITE.value)
+    info = export_model(f.workdir, f.out, dtype=f.dtype, step=f.step,
+                        platforms=tuple(f.platforms), overwrite=f.overwrite)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"exported step {info['step']} of {_WORKDIR.value} to {_OUT.value} "
+  print(f"exported step {info['step']} of {f.workdir} to {f.out} "
         f"({info['dtype']}, platforms {', '.join(info['platforms'])})")
   return 0
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir", "out"])
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

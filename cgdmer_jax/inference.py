@@ -13,7 +13,7 @@ reports/prompts are cleaned and tokenized by the converter's functions: one code
 
 Loaders:
   * `from_workdir`: the live model from a training workdir's latest (or given) checkpoint;
-  * `from_export`: the `jax.export` StableHLO functions of `cgdmer_jax.export` — no model
+  * `from_export`: the `jax.export` StableHLO functions written by `cgdmer_jax.export` — no model
     code is used, only the serialized functions, `export_info.json` and the tokenizer;
   * `random_init`: the same architecture with freshly initialised weights (the baseline).
 """
@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import pathlib
-import shutil
 from typing import Callable, Sequence
 
 import jax
@@ -131,7 +130,8 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def _tokenizer_of(config, workdir: pathlib.Path) -> str | None:
+def tokenizer_of(config, workdir: pathlib.Path) -> str | None:
+  """The run's SentencePiece model: in the workdir, else in the dataset folder; None if neither."""
   for cand in (workdir / features.TOKENIZER_FILE,
                pathlib.Path(str(config.data.dir or "")) / features.TOKENIZER_FILE):
     if cand.is_file():
@@ -141,10 +141,11 @@ def _tokenizer_of(config, workdir: pathlib.Path) -> str | None:
 
 def _live_encoder(config, params, graphdef, tokenizer_path, name, batch_size) -> Encoder:
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.models import cgdmer  # pylint: disable=g-import-not-at-top
   # Params are passed as an argument (not closed over): jit then sees plain arrays.
   ecg_fn = functools.partial(jax.jit(objective.encode_ecg_fn(graphdef, config)), params)
   text_fn = None
-  if config.loss.contrastive > 0 or config.loss.text > 0:
+  if cgdmer.branches(config)["text"]:
     text_fn = functools.partial(jax.jit(objective.encode_text_fn(graphdef, config)), params)
   return Encoder(ecg_fn=ecg_fn, text_fn=text_fn, tokenizer_path=tokenizer_path,
                  fs=int(config.data.fs), seconds=float(config.data.seconds),
@@ -152,14 +153,7 @@ def _live_encoder(config, params, graphdef, tokenizer_path, name, batch_size) ->
                  batch_size=batch_size)
 
 
-def live_model(config, params=None, *, seed: int | None = None):
-  """(graphdef, params) of `config`'s architecture; fresh weights when `params` is None."""
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  graphdef, fresh = objective.init(config, config.seed if seed is None else seed)
-  return graphdef, fresh if params is None else params
-
-
-def _checkpoint_target(workdir: pathlib.Path, step: int | str | None) -> pathlib.Path:
+def checkpoint_target(workdir: pathlib.Path, step: int | str | None) -> pathlib.Path:
   """Where `step` (None/'latest', an int, or 'best' for best/) of a workdir lives."""
   if step is None or step == "latest":
     return workdir
@@ -179,24 +173,26 @@ def from_workdir(workdir: str | os.PathLike, *, step: int | str | None = None,
     batch_size: ECGs per encoder call.
   """
   from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
   config = load_config(config_path)
-  graphdef, abstract = live_model(config)
-  target = _checkpoint_target(workdir, step)
+  graphdef, abstract = objective.abstract_init(config)
+  target = checkpoint_target(workdir, step)
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                            abstract)
   params = checkpointing.restore_params(target, abstract, shardings)
-  return _live_encoder(config, params, graphdef, _tokenizer_of(config, workdir),
+  return _live_encoder(config, params, graphdef, tokenizer_of(config, workdir),
                        f"{workdir.name}", batch_size)
 
 
 def random_init(config: ml_collections.ConfigDict, tokenizer_path: str | None, *,
                 seed: int = 0, batch_size: int = 64) -> Encoder:
   """`config`'s architecture with random weights: the baseline a pretrained model must beat."""
-  graphdef, params = live_model(config, seed=seed)
+  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
+  graphdef, params = objective.init(config, seed)
   return _live_encoder(config, params, graphdef, tokenizer_path, f"random_init(seed={seed})",
                        batch_size)
 
@@ -230,103 +226,3 @@ def load(path: str | os.PathLike, *, step: int | str | None = None,
                        "training workdirs only")
     return from_export(path, batch_size=batch_size)
   return from_workdir(path, step=step, batch_size=batch_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing an export (the folder `from_export` reads).
-
-
-def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
-                 dtype: str = "float32", step: int | str | None = None,
-                 platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"),
-                 overwrite: bool = False) -> dict:
-  """Writes the export folder described in the module docstring.
-
-  Args:
-    workdir: a training workdir.
-    out: the export folder.
-    dtype: 'float32' or 'bfloat16' (weights stored and used in this dtype).
-    step: checkpoint step; None/'latest' for the latest, 'best' for `<workdir>/best`.
-    platforms: lowering platforms of the serialized functions.
-    overwrite: replace an existing export.
-
-  Returns:
-    The export_info dict.
-  """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  config = load_config(workdir / "config.json")
-  if out.exists() and any(out.iterdir()):
-    if not overwrite:
-      raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-    shutil.rmtree(out)
-  out.mkdir(parents=True, exist_ok=True)
-
-  with config.unlocked():
-    # Platform-independent attention so one StableHLO serves every platform.
-    config.model.attention = "xla"
-    config.model.dtype = dtype
-  graphdef, abstract = live_model(config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  step_dir = checkpointing.resolve_step_dir(_checkpoint_target(workdir, step))
-  params = checkpointing.restore_params(step_dir, abstract, jax.tree.map(lambda _: device,
-                                                                         abstract))
-  store_dtype = jnp.dtype(dtype)
-  params = jax.tree.map(lambda x: x.astype(store_dtype), params)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save((out / "params").absolute(), params)
-
-  num_samples = int(round(config.data.fs * config.data.seconds))
-  L = int(config.model.max_report_len)
-  b = jax.export.symbolic_shape("b")[0]
-
-  def baked(fn):
-    # Weights become constants of the exported program (arrays created inside the trace),
-    # cast back to float32 parameters; `model.dtype` sets the matmul precision.
-    return lambda *args: fn(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), *args)
-
-  ecg = jax.export.export(jax.jit(baked(objective.encode_ecg_fn(graphdef, config))),
-                          platforms=tuple(platforms))(
-      jax.ShapeDtypeStruct((b, features.NUM_LEADS, num_samples), jnp.float32),
-      jax.ShapeDtypeStruct((b,), jnp.int32),
-      jax.ShapeDtypeStruct((b, features.NUM_LEADS), jnp.bool_))
-  (out / ECG_EXPORT).write_bytes(ecg.serialize())
-  has_text = config.loss.contrastive > 0 or config.loss.text > 0
-  if has_text:
-    text = jax.export.export(jax.jit(baked(objective.encode_text_fn(graphdef, config))),
-                             platforms=tuple(platforms))(
-        jax.ShapeDtypeStruct((b, L), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
-    (out / TEXT_EXPORT).write_bytes(text.serialize())
-
-  tok = _tokenizer_of(config, workdir)
-  if tok:
-    shutil.copyfile(tok, out / features.TOKENIZER_FILE)
-  (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  info = {
-      "format_version": EXPORT_FORMAT_VERSION, "source_workdir": str(workdir.resolve()),
-      "step": (int(step_dir.name) if step_dir.name.isdigit()
-               else json.loads((step_dir / "meta.json").read_text())["step"]
-               if (step_dir / "meta.json").is_file() else None),
-      "checkpoint": str(step_dir), "dtype": dtype,
-      "platforms": list(platforms), "fs": int(config.data.fs),
-      "seconds": float(config.data.seconds), "num_samples": num_samples,
-      "leads": list(features.LEADS), "normalize": config.data.normalize,
-      "max_report_len": L, "variant": config.get("variant", ""),
-      "probe_features": config.model.probe_features, "has_text_encoder": has_text,
-      "tokenizer": features.TOKENIZER_FILE if tok else None,
-      "ecg_outputs": _signature(ecg),
-      "text_outputs": _signature(text) if has_text else None,
-      "jax_version": jax.__version__,
-  }
-  (out / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
-  return info
-
-
-def _signature(exported) -> dict[str, str]:
-  """{output name: 'dtype[shape]'} of an exported function returning a dict."""
-  outs = jax.tree_util.tree_unflatten(exported.out_tree, exported.out_avals)
-  return {k: f"{v.dtype}{list(map(str, v.shape))}" for k, v in outs.items()}

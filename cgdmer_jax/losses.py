@@ -4,7 +4,10 @@ All losses are computed in float32 on the full (global) batch. Under `jax.jit` w
 sharded on the `data` mesh axis XLA inserts the collectives itself (e.g. the [B, B] SigLIP
 logits need every device's embeddings), so the code is the same on 1 or 512 devices. For
 global batches where the gathered logits do not fit, `config.loss.siglip_impl='chunked'`
-computes SigLIP block by block around a device ring (`siglip_chunked.py`).
+computes SigLIP block by block around a device ring (`siglip.py` owns both forms).
+
+`term_weights` is the one definition of what the per-example terms are averaged over; exact
+gradient accumulation (`accumulate.py`) sums it over the whole batch before any chunk runs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cgdmer_jax import siglip_chunked
+from cgdmer_jax import siglip as siglip_lib
 
 
 def _weighted_mean(x_BxK: jax.Array, w_BxK: jax.Array) -> jax.Array:
@@ -56,34 +59,6 @@ def masked_token_ce(logits_BxKxV: jax.Array, targets_BxK: jax.Array,
   return _weighted_mean(nll_BxK, weights_BxK)
 
 
-def siglip_loss(zimg_BxD: jax.Array, ztxt_BxD: jax.Array, log_temp: jax.Array,
-                bias: jax.Array, valid_B: jax.Array | None = None) -> jax.Array:
-  """Pairwise sigmoid loss (SigLIP, Zhai et al. ICCV 2023).
-
-  logit_ij = exp(log_temp) * <zimg_i, ztxt_j> + bias, label +1 for i == j and -1 otherwise;
-  loss = -(1/|rows|) sum_i sum_j log sigmoid(label_ij * logit_ij), rows and columns restricted
-  to the valid pairs (records with a report).
-
-  Args:
-    zimg_BxD: unit-norm ECG embeddings of the global batch.
-    ztxt_BxD: unit-norm report embeddings, row i paired with ECG i.
-    log_temp: scalar log temperature.
-    bias: scalar bias.
-    valid_B: bool, False for rows without a report (or batch padding); None = all.
-
-  Returns:
-    float32 scalar.
-  """
-  B = zimg_BxD.shape[0]
-  logits_BxB = (jnp.exp(log_temp) * jnp.einsum("id,jd->ij", zimg_BxD.astype(jnp.float32),
-                                               ztxt_BxD.astype(jnp.float32)) + bias)
-  labels_BxB = 2.0 * jnp.eye(B, dtype=jnp.float32) - 1.0
-  valid = jnp.ones((B,), jnp.float32) if valid_B is None else valid_B.astype(jnp.float32)
-  pair_w_BxB = valid[:, None] * valid[None, :]
-  per_row_B = -jnp.sum(pair_w_BxB * jax.nn.log_sigmoid(labels_BxB * logits_BxB), axis=1)
-  return jnp.sum(per_row_B) / jnp.maximum(jnp.sum(valid), 1.0)
-
-
 def disentangle_loss(shared_BxS: jax.Array, specific_BxP: jax.Array,
                      valid_B: jax.Array | None = None) -> jax.Array:
   """Difference (soft orthogonality) loss of Domain Separation Networks (Bousmalis et al. 2016).
@@ -117,6 +92,36 @@ def disentangle_loss(shared_BxS: jax.Array, specific_BxP: jax.Array,
   return jnp.mean(corr_SxP * corr_SxP)
 
 
+def row_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(row_ok_B, text_ok_B): rows that count (eval batches' padding rows carry `mask` False),
+  and of those the rows with a report."""
+  row_ok_B = batch.get("mask", jnp.ones_like(batch["has_report"], dtype=bool)).astype(bool)
+  return row_ok_B, row_ok_B & batch["has_report"].astype(bool)
+
+
+def term_weights(ecg_weight_BxM: jax.Array | None, batch: dict, masks: dict,
+                 config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Per-example weights of the terms that are means over examples ('ecg', 'text').
+
+  Args:
+    ecg_weight_BxM: the model's `ecg/weight` (`patching.hidden_patch_weight`); None when
+      `loss.ecg` is 0.
+    batch: the batch (`has_report`, `mask` when present).
+    masks: `masking.sample_masks` output.
+    config: full config (`loss.*`).
+
+  Returns:
+    {'ecg': [B, M], 'text': [B, K]} float32, for the active terms only.
+  """
+  row_ok_B, text_ok_B = row_weights(batch)
+  out = {}
+  if config.loss.ecg > 0:
+    out["ecg"] = ecg_weight_BxM * row_ok_B[:, None]
+  if config.loss.text > 0:
+    out["text"] = masks["text"]["weights"] * text_ok_B[:, None]
+  return out
+
+
 def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.ConfigDict
           ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted CG-DMER objective and its metrics.
@@ -137,23 +142,22 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
   """
   w = config.loss
   # Batch-padding rows (eval batches carry `mask`) count for nothing.
-  row_ok_B = batch.get("mask", jnp.ones_like(batch["has_report"], dtype=bool)).astype(bool)
-  text_ok_B = row_ok_B & batch["has_report"].astype(bool)
+  row_ok_B, text_ok_B = row_weights(batch)
+  weights = term_weights(outputs.get("ecg/weight"), batch, masks, config)
   metrics, loss = {}, jnp.zeros((), jnp.float32)
   if w.ecg > 0:
-    weight_BxM = outputs["ecg/weight"] * row_ok_B[:, None]
     metrics["loss/ecg"] = masked_patch_mse(outputs["ecg/recon"], outputs["ecg/target"],
-                                           weight_BxM)
+                                           weights["ecg"])
     loss += w.ecg * metrics["loss/ecg"]
   if w.text > 0:
     metrics["loss/text"] = masked_token_ce(outputs["text/logits"], masks["text"]["targets"],
-                                           masks["text"]["weights"] * text_ok_B[:, None])
+                                           weights["text"])
     loss += w.text * metrics["loss/text"]
   if w.contrastive > 0:
-    siglip = siglip_chunked.siglip(config.loss.get("siglip_impl", "all_gather"))
+    siglip = siglip_lib.siglip(config.loss.get("siglip_impl", "all_gather"))
     metrics["loss/contrastive"] = siglip(
-        outputs["ecg/embedding"], outputs["text/embedding"],
-        jnp.log(outputs["siglip/temperature"]), outputs["siglip/bias"], text_ok_B)
+        outputs["ecg/embedding"], outputs["text/embedding"], outputs["siglip/temperature"],
+        outputs["siglip/bias"], text_ok_B)
     metrics["siglip/temperature"] = outputs["siglip/temperature"]
     metrics["siglip/bias"] = outputs["siglip/bias"]
     loss += w.contrastive * metrics["loss/contrastive"]

@@ -2,7 +2,7 @@
 
 Counts are Python ints computed from the config, so every mask has a static shape and the
 jitted step never recompiles. ECG tokens sit on a (lead x time patch) grid flattened as
-`n = lead * num_time_patches + t` (the order `models.ecg.patchify` produces).
+`n = lead * num_time_patches + t` (`models.patching`, the order `patchify` produces).
 
 ECG masking (CG-DMER's spatial-temporal masking; counts as in `configs/pretrain.py`):
   1. spatial: `leads_hidden = round(lead_ratio * 12)` whole leads are hidden;
@@ -22,26 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from cgdmer_jax.data import features
+from cgdmer_jax.models import patching
 
 EcgMaskCounts = collections.namedtuple(
     "EcgMaskCounts",
     ["num_tokens", "num_visible", "num_masked", "leads_hidden", "times_hidden",
      "tokens_hidden"])
-
-
-def num_samples(config: ml_collections.ConfigDict) -> int:
-  """Samples per lead, `fs * seconds`."""
-  return int(round(config.data.fs * config.data.seconds))
-
-
-def num_time_patches(config: ml_collections.ConfigDict) -> int:
-  """Patches per lead; raises ValueError where `patch_size` does not divide the length."""
-  T, P = num_samples(config), config.model.patch_size
-  if P <= 0 or T % P:
-    raise ValueError(
-        f"ECG length T = fs * seconds = {config.data.fs} * {config.data.seconds} = {T} is not "
-        f"divisible by model.patch_size = {P}; pick a patch size that divides it")
-  return T // P
 
 
 def ecg_mask_counts(config: ml_collections.ConfigDict) -> EcgMaskCounts:
@@ -53,7 +39,7 @@ def ecg_mask_counts(config: ml_collections.ConfigDict) -> EcgMaskCounts:
   Returns:
     EcgMaskCounts; with `config.mask.ecg` False nothing is hidden (V = N, M = 0).
   """
-  C, Tp = config.model.num_leads, num_time_patches(config)
+  C, Tp = config.model.num_leads, patching.num_time_patches(config)
   N = C * Tp
   if not config.mask.ecg:
     return EcgMaskCounts(N, N, 0, 0, 0, 0)
@@ -86,7 +72,7 @@ def sample_ecg_mask(rng: jax.Array, batch_size: int,
     named without the shape suffix: `keep_idx`, `masked_idx`, `mask`.
   """
   c = ecg_mask_counts(config)
-  C, Tp, B = config.model.num_leads, num_time_patches(config), batch_size
+  C, Tp, B = config.model.num_leads, patching.num_time_patches(config), batch_size
   if c.num_masked == 0:
     keep_BxV = jnp.broadcast_to(jnp.arange(c.num_tokens, dtype=jnp.int32), (B, c.num_tokens))
     return dict(keep_idx=keep_BxV, masked_idx=jnp.zeros((B, 0), jnp.int32),

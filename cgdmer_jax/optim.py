@@ -51,8 +51,8 @@ def make_optimizer(config: ml_collections.ConfigDict
 
   Returns:
     (optimizer, learning-rate schedule). Gradient accumulation is done in the train step
-    (micro-batches under `lax.scan`), not by wrapping the optimizer, so the optimizer state
-    is the same whatever `optim.grad_accum_steps` is.
+    (`accumulate.py`, chunks under `lax.scan`), not by wrapping the optimizer, so the
+    optimizer state is the same whatever `optim.grad_accum_steps` is.
   """
   schedule = learning_rate_schedule(config)
   # The chain has the same structure with and without clipping, so a checkpoint restores

@@ -36,14 +36,25 @@ _STEPS = flags.DEFINE_integer("steps", 300, "Pretraining steps (batch 32).")
 _PROBE_EPOCHS = flags.DEFINE_integer("probe_epochs", 50, "Linear-probe epochs.")
 
 
-def run(workdir: str | os.PathLike, sample: str | os.PathLike, *, steps: int = 300,
+def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps: int = 300,
         probe_epochs: int = 50) -> dict:
-  """Runs the five steps of the module docstring; returns paths and the results."""
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
+  """Runs the five steps of the module docstring; returns paths and the results.
+
+  Args:
+    workdir: where everything goes.
+    sample: the embedded real-data sample (a data root with ptbxl/, cpsc2018/, csn/).
+    config: the pretraining config (`configs/pretrain.py:size=tiny`); its data folder, steps
+      and intervals are set here.
+    steps: pretraining steps.
+    probe_epochs: linear-probe epochs.
+
+  Returns:
+    dict of the folders written (`data`, `pretrain`, `eval`, `export`), `results`, `plots`.
+  """
+  from cgdmer_jax import export  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-  from configs import pretrain  # pylint: disable=g-import-not-at-top
   from data_pipelines import signal  # pylint: disable=g-import-not-at-top
   from data_pipelines import write  # pylint: disable=g-import-not-at-top
 
@@ -61,7 +72,6 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, *, steps: int = 3
   print(summary.format(), flush=True)
 
   print(f"[2/5] pretraining the tiny model for {steps} steps", flush=True)
-  config = pretrain.get_config("size=tiny")
   config.data.dir = str(data_dir)
   config.total_steps = steps
   config.optim.warmup_steps = min(config.optim.warmup_steps, max(1, steps // 10))
@@ -83,7 +93,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, *, steps: int = 3
 
   print("[4/5] exporting the encoders", flush=True)
   export_dir = workdir / "export"
-  inference.export_model(run_dir, export_dir, overwrite=True)
+  export.export_model(run_dir, export_dir, overwrite=True)
 
   print("[5/5] results (macro AUC x 100 on the sample's small test splits)\n", flush=True)
   print(runner.markdown(results))
@@ -101,7 +111,9 @@ def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.WARNING)
-  run(_WORKDIR.value, _SAMPLE.value, steps=_STEPS.value, probe_epochs=_PROBE_EPOCHS.value)
+  from configs import pretrain  # pylint: disable=g-import-not-at-top
+  run(_WORKDIR.value, _SAMPLE.value, pretrain.get_config("size=tiny"), steps=_STEPS.value,
+      probe_epochs=_PROBE_EPOCHS.value)
   return 0
 
 

@@ -85,16 +85,6 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(one, abstract_state)
 
 
-def check_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh) -> None:
-  """The global batch must split evenly over devices and over processes."""
-  if global_batch_size % mesh.size:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
-                     f"{mesh.size} devices of the mesh")
-  if global_batch_size % jax.process_count():
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes")
-
-
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
                  ) -> dict[str, jax.Array]:
   """Assembles each process's numpy batch into global jax.Arrays sharded on the batch axis.

@@ -20,12 +20,12 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cgdmer_jax import accumulate
 from cgdmer_jax import checkpointing
 from cgdmer_jax import config_checks
 from cgdmer_jax import metrics as metrics_lib
@@ -55,6 +55,7 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
     raise config_checks.ConfigError(
         f"the dataset holds {info.num_samples} samples per lead but config.data.fs * seconds "
         f"= {want}: pass --config.data.seconds={info.num_samples / info.fs:g}")
+  config_checks.check_reports(config, int(info.vocab_size), str(config.data.dir))
   with config.unlocked():
     config.model.vocab_size = int(info.vocab_size)
     config.model.max_report_len = int(info.max_report_len)
@@ -79,55 +80,14 @@ def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
 # The step.
 
 
-def micro_batches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
-  """[B, ...] -> [n, B/n, ...] so that every micro-batch stays spread over all devices.
-
-  Row r goes to micro-batch r % n: each device's contiguous block of rows holds B/(n*devices)
-  rows of every micro-batch, so the split needs no communication.
-  """
-  def split(x):
-    y = x.reshape((x.shape[0] // n, n) + x.shape[1:])
-    y = jnp.swapaxes(y, 0, 1)
-    return jax.lax.with_sharding_constraint(y, P(None, sharding.DATA_AXES))
-  return jax.tree.map(split, batch)
-
-
-def make_loss_and_grads(graphdef, config) -> Callable:
-  """`(params, batch, rng) -> ((loss, metrics), grads)`, averaged over micro-batches.
-
-  With `optim.grad_accum_steps > 1` the global batch is processed in micro-batches under
-  `lax.scan` (memory of one micro-batch); the contrastive loss then sees the micro-batch
-  as its negatives, as in any accumulation scheme.
-  """
-  grad_fn = jax.value_and_grad(
-      functools.partial(objective.loss_fn, graphdef=graphdef, config=config), has_aux=True)
-
-  def loss_and_grads(params, batch, rng):
-    n = int(config.optim.grad_accum_steps)
-    if n == 1:
-      return grad_fn(params, batch=batch, rng=rng)
-    mbs = micro_batches(batch, n)
-
-    def body(carry, xs):
-      i, mb = xs
-      (loss, mets), grads = grad_fn(params, batch=mb, rng=jax.random.fold_in(rng, i))
-      acc = jax.tree.map(jnp.add, carry, (loss, mets, grads))
-      return acc, None
-
-    (loss0, mets0), grads0 = jax.eval_shape(
-        lambda: grad_fn(params, batch=jax.tree.map(lambda x: x[0], mbs), rng=rng))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, mets0, grads0))
-    total, _ = jax.lax.scan(body, zeros, (jnp.arange(n), mbs))
-    loss, mets, grads = jax.tree.map(lambda x: x / n, total)
-    return (loss, mets), grads
-
-  return loss_and_grads
-
-
 def make_train_step(graphdef, config, tx: optax.GradientTransformation,
                     schedule: optax.Schedule) -> Callable:
-  """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}."""
-  loss_and_grads = make_loss_and_grads(graphdef, config)
+  """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}.
+
+  Loss and gradients come from `accumulate.loss_and_grads_fn` (the whole batch at once, or
+  exactly accumulated over `model.batch_chunks * optim.grad_accum_steps` chunks).
+  """
+  loss_and_grads = accumulate.loss_and_grads_fn(graphdef, config)
   base_key = jax.random.key(config.seed)
 
   def train_step(state, batch):
@@ -145,14 +105,21 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
 
 
 def make_eval_step(graphdef, config) -> Callable:
-  """`(params, batch) -> metrics` with a fixed masking RNG, so evals are comparable."""
+  """`(params, batch) -> metrics` with a fixed masking RNG, so evals are comparable.
+
+  The metrics are the batch's means over its valid rows, plus `rows`, the count of those
+  (batch `mask`), by which `evaluate_loss` weights the batch.
+  """
   # A fixed masking key for every eval, distinct from the training stream (steps >= 0).
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
+  loss_fn = accumulate.loss_fn(graphdef, config)
+
   def eval_step(params, batch):
-    loss, mets = objective.loss_fn(params, graphdef=graphdef, batch=batch, rng=key,
-                                   config=config)
+    loss, mets = loss_fn(params, batch, key)
     mets = dict(mets)
     mets["loss"] = loss
+    rows_ok = batch.get("mask", jnp.ones(batch["ecg"].shape[:1], bool))
+    mets["rows"] = jnp.sum(rows_ok.astype(jnp.float32))
     return mets
   return eval_step
 
@@ -175,17 +142,13 @@ class Setup:
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """Builds the model, optimizer, shardings and the jitted step on `mesh` (nothing runs)."""
-  sharding.check_batch_size(config.data.batch_size, mesh)
+  config_checks.check_devices(config, mesh.size, jax.process_count())
   tx, schedule = optim.make_optimizer(config)
-  holder = {}
+  graphdef, abstract_params = objective.abstract_init(config)
 
   def init_params():
-    graphdef, params = objective.init(config, config.seed)
-    holder["graphdef"] = graphdef
-    return params
+    return objective.init(config, config.seed)[1]
 
-  abstract_params = jax.eval_shape(init_params)
-  graphdef = holder["graphdef"]
   abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
                     "opt_state": jax.eval_shape(tx.init, abstract_params)}
   shardings = sharding.state_shardings(abstract_state, mesh)
@@ -226,17 +189,26 @@ def _fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
 
 
 def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, float]:
-  """Mean loss terms over a split (padding rows excluded by the batch `mask`)."""
+  """Loss terms over a split: each batch's means weighted by its valid rows.
+
+  Padding rows (batch `mask` False) count in no batch mean, and a padded last batch (or a
+  batch of padding only, on a process with fewer files) counts in proportion to the valid
+  rows it holds, not as much as a full one.
+
+  Returns:
+    {'val/<metric>': value} for every metric of `eval_step` except its row count.
+  """
   sums: dict[str, float] = {}
-  n = 0
+  rows = 0.0
   for i, local in enumerate(eval_stream(config, split)):
     if config.eval_steps and i >= config.eval_steps:
       break
     mets = _fetch(eval_step(params, sharding.global_batch(local, mesh)))
+    n = mets.pop("rows")
     for k, v in mets.items():
-      sums[k] = sums.get(k, 0.0) + v
-    n += 1
-  return {f"val/{k}": v / max(n, 1) for k, v in sums.items()}
+      sums[k] = sums.get(k, 0.0) + v * n
+    rows += n
+  return {f"val/{k}": v / max(rows, 1.0) for k, v in sums.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from cgdmer_jax import overrides
+from cgdmer_jax.models import cgdmer
+
 # One row per size. ecg_* is the modality-specific ECG backbone (pre-norm ViT over lead-patch
 # tokens, ST-MEM's lead-wise tokenisation), text_* the report transformer, shared_*/specific_*
 # the disentanglement encoders (CG-DMER), dec_* the light MAE-style ECG decoder.
@@ -34,26 +37,9 @@ SIZES = {
                  embed_dim=256),
 }
 
-# Ablation variants of the paper's ablation table. Each sets the loss weights (0 switches a
-# term off and the model skips the branch that only that term needs) and whether the ECG and
-# the report are masked at all.
-VARIANTS = {
-    # SigLIP between (unmasked) ECG and report only.
-    "contrastive": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
-                        mask_ecg=False, mask_text=False),
-    # + spatial-temporal masked ECG modelling.
-    "ecg_mask": dict(ecg=1.0, text=0.0, contrastive=1.0, disentangle=0.0,
-                     mask_ecg=True, mask_text=False),
-    # + masked report reconstruction.
-    "text_mask": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=0.0,
-                      mask_ecg=True, mask_text=True),
-    # + disentanglement: full CG-DMER.
-    "full": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=1.0,
-                 mask_ecg=True, mask_text=True),
-    # Masked ECG modelling alone (no report): the ST-MEM-matched throughput comparison.
-    "ecg_mask_only": dict(ecg=1.0, text=0.0, contrastive=0.0, disentangle=0.0,
-                          mask_ecg=True, mask_text=False),
-}
+# Ablation variants of the paper's ablation table (owned by the model, which builds a branch
+# only for the terms a variant switches on).
+VARIANTS = cgdmer.VARIANTS
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -70,25 +56,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     ValueError: on an unknown key or a malformed item.
   """
   out = ml_collections.ConfigDict(dict(defaults))
-  if not arg:
-    return out
-  for item in arg.split(","):
-    if not item:
-      continue
-    if "=" not in item:
-      raise ValueError(f"config arg item {item!r} is not key=value (got arg {arg!r})")
-    key, value = item.split("=", 1)
+  for key, value in overrides.parse_items(arg).items():
     if key not in defaults:
       raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
-    default = defaults[key]
-    if isinstance(default, bool):
-      out[key] = value.lower() in ("1", "true", "yes")
-    elif isinstance(default, int):
-      out[key] = int(value)
-    elif isinstance(default, float):
-      out[key] = float(value)
-    else:
-      out[key] = value
+    out[key] = overrides.typed(value, defaults[key])
   return out
 
 
@@ -137,9 +108,10 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.scan_layers = True
   m.remat = False
   # Run the batch in this many sequential chunks inside the step, forward + backward per chunk
-  # (objective._chunked_loss): same loss and gradients, 1/n of the activation memory, and on
-  # CPU better cache use (docs/PERFORMANCE.md). Only for per-example losses (ecg_mask_only, or
-  # masked-token terms without SigLIP and disentanglement); 1 = off.
+  # (cgdmer_jax/accumulate.py; multiplies optim.grad_accum_steps, the same mechanism): same
+  # loss and gradients, 1/n of the activation memory, and on CPU better cache use
+  # (docs/PERFORMANCE.md). Only for per-example losses (ecg_mask_only, or masked-token terms
+  # without SigLIP and disentanglement); 1 = off.
   m.batch_chunks = 1
   # SigLIP initial temperature (log) and bias, from the SigLIP paper: t'=log 10, b=-10.
   m.siglip_init_log_temp = 2.302585

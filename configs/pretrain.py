@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = 256 if args.size != "tiny" else 32   # global batch
   config.data.eval_batch_size = 256 if args.size != "tiny" else 64
   config.data.shuffle_buffer = 10_000 if args.size != "tiny" else 1_000
-  # Global batches built this many steps ahead on a background thread (train.device_batches),
+  # Global batches built this many steps ahead on a background thread (prefetch.device_batches),
   # so reading and the host-to-device copy overlap the running step; 0 = on demand.
   config.data.prefetch = 2
   # 'zscore': per record and lead over the valid samples; 'none': millivolts as stored.
@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # SigLIP on the global batch: 'all_gather' (XLA gathers the report embeddings, each device
   # holds a [B/devices, B] logits block; simplest, fine up to a few thousand) or 'chunked'
   # (a ring of ppermutes, one [B/devices, B/devices] block at a time: for global batches of
-  # tens of thousands; see cgdmer_jax/siglip_chunked.py). Same loss and gradients.
+  # tens of thousands; see cgdmer_jax/siglip.py). Same loss and gradients.
   config.loss.siglip_impl = "all_gather"
 
   config.optim = ml_collections.ConfigDict()

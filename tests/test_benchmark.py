@@ -9,8 +9,9 @@ import sys
 import jax
 import pytest
 
-from cgdmer_jax import flops
-from cgdmer_jax import step_timing
+from cgdmer_jax import overrides
+from cgdmer_jax.perf import flops
+from cgdmer_jax.perf import step_timing
 from configs import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def test_peak_table_and_mfu():
 def test_ablation_parsing_and_overrides():
   name, ov = step_timing.parse_ablation("loop:model.scan_layers=false,model.attention=xla")
   assert name == "loop" and ov == {"model.scan_layers": "false", "model.attention": "xla"}
-  c = step_timing.with_overrides(_tiny(), ov)
+  c = overrides.apply(_tiny(), ov)
   assert c.model.scan_layers is False and c.model.attention == "xla"
   with pytest.raises(ValueError):
     step_timing.parse_ablation("no_overrides")

@@ -1,18 +1,18 @@
 """The speed options compute the same thing: einsum attention, in-step batch chunks, prefetch."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax import step_timing
+from cgdmer_jax import accumulate
 from cgdmer_jax import objective
-from cgdmer_jax import sharding
 from cgdmer_jax import prefetch
+from cgdmer_jax import sharding
 from cgdmer_jax import train
 from cgdmer_jax.models import layers
+from cgdmer_jax.perf import step_timing
 from configs import pretrain
 
 
@@ -49,9 +49,7 @@ def test_batch_chunks_same_loss_and_grads():
   rng = jax.random.key(1)
 
   def value_and_grad(c):
-    fn = functools.partial(objective.loss_fn, graphdef=graphdef, config=c)
-    return jax.jit(jax.value_and_grad(lambda p: fn(p, batch=batch, rng=rng), has_aux=True))(
-        params)
+    return jax.jit(accumulate.loss_and_grads_fn(graphdef, c))(params, batch, rng)
 
   (loss, mets), grads = value_and_grad(config)
   (loss_c, mets_c), grads_c = value_and_grad(chunked)
@@ -60,8 +58,8 @@ def test_batch_chunks_same_loss_and_grads():
   for a, b in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
   # Forward only (evaluation) takes the chunked path too.
-  fwd = jax.jit(functools.partial(objective.loss_fn, graphdef=graphdef, config=chunked))
-  np.testing.assert_allclose(float(fwd(params, batch=batch, rng=rng)[0]), float(loss), rtol=1e-5)
+  fwd = jax.jit(accumulate.loss_fn(graphdef, chunked))
+  np.testing.assert_allclose(float(fwd(params, batch, rng)[0]), float(loss), rtol=1e-5)
 
 
 def test_batch_chunks_refuse_coupled_losses():
@@ -69,7 +67,7 @@ def test_batch_chunks_refuse_coupled_losses():
   config.model.batch_chunks = 2
   graphdef, params = objective.init(config, 0)
   with pytest.raises(ValueError, match="per-example"):
-    jax.eval_shape(lambda p, b, r: objective.loss_fn(p, graphdef, b, r, config),
+    jax.eval_shape(accumulate.loss_and_grads_fn(graphdef, config),
                    params, objective.dummy_batch(config, 4), jax.random.key(0))
 
 
@@ -84,7 +82,7 @@ def test_batch_chunks_sharded_train_step():
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(step_timing.synthetic_batch(config, 16), mesh)
-      fn = jax.jit(train.make_loss_and_grads(s.graphdef, config))
+      fn = jax.jit(accumulate.loss_and_grads_fn(s.graphdef, config))
       (loss, _), grads = fn(state["params"], batch, jax.random.key(2))
       results.append((float(loss), jax.device_get(grads)))
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from cgdmer_jax import masking, objective
-from cgdmer_jax.models import cgdmer, ecg, layers
+from cgdmer_jax.models import cgdmer, layers, patching
 from configs import common, pretrain
 
 B = 2
@@ -165,7 +165,7 @@ def test_visible_only_encoder_equals_encoder_on_visible_tokens_alone():
 
 def test_token_valid_excludes_missing_leads_and_padding():
   P, Tp = 25, 4
-  valid = ecg.token_valid(np.array([100, 30]), np.array([[1, 0], [1, 1]], bool), Tp, P)
+  valid = patching.token_valid(np.array([100, 30]), np.array([[1, 0], [1, 1]], bool), Tp, P)
   np.testing.assert_array_equal(valid, [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 1, 1, 0, 0]])
 
 

@@ -1,9 +1,9 @@
-"""`data.normalize.normalize_ecg`, the model's first op on ECGs."""
+"""`models.normalize.normalize_ecg`, the model's first op on ECGs."""
 
 import numpy as np
 import pytest
 
-from cgdmer_jax.data import normalize
+from cgdmer_jax.models import normalize
 
 
 def test_zscore_over_valid_samples_padding_and_missing_leads_zero():

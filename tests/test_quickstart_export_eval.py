@@ -14,6 +14,7 @@ from cgdmer_jax import inference
 from cgdmer_jax import quickstart
 from cgdmer_jax.evaluators import linear_probe
 from cgdmer_jax.evaluators import runner
+from configs import pretrain
 from data_pipelines import locate
 from tests import conftest
 
@@ -22,8 +23,8 @@ TASKS = ["ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-  return quickstart.run(tmp_path_factory.mktemp("quickstart"), conftest.EMBEDDED, steps=10,
-                        probe_epochs=3)
+  return quickstart.run(tmp_path_factory.mktemp("quickstart"), conftest.EMBEDDED,
+                        pretrain.get_config("size=tiny"), steps=10, probe_epochs=3)
 
 
 def test_quickstart_produces_table_plots_and_export(quick):

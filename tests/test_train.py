@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from cgdmer_jax import checkpointing
+from cgdmer_jax import accumulate
 from cgdmer_jax import config_checks
+from cgdmer_jax import overrides as overrides_lib
 from cgdmer_jax import sharding
 from cgdmer_jax import train
 from configs import pretrain
@@ -26,13 +28,7 @@ def tiny_config(data_dir, **overrides):
   config.log_every_steps = 5
   config.checkpoint.every_steps = 20
   config.eval_every_steps = 0
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return config
+  return overrides_lib.apply(config, overrides)
 
 
 def read_metrics(workdir):
@@ -127,7 +123,7 @@ def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(local, mesh)
-      fn = jax.jit(train.make_loss_and_grads(s.graphdef, config))
+      fn = jax.jit(accumulate.loss_and_grads_fn(s.graphdef, config))
       (loss, _), grads = fn(state["params"], batch, jax.random.key(3))
       results.append((float(loss), jax.device_get(grads)))
   (l1, g1), (l8, g8) = results
@@ -167,3 +163,52 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, ptbxl_tfrecords):
   params, meta = params_of(workdir, tiny_config(ptbxl_tfrecords))
   assert meta["step"] < 40
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)), meta
+
+
+def test_eval_batch_size_checked_before_training(tmp_path, ptbxl_tfrecords):
+  """An eval batch the 8 devices cannot split fails up front, not at the first evaluation."""
+  workdir = tmp_path / "w"
+  config = tiny_config(ptbxl_tfrecords, total_steps=2, eval_every_steps=2,
+                       **{"data.eval_batch_size": 12})
+  with pytest.raises(config_checks.ConfigError, match="eval_batch_size=12 .* 8 devices"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not (workdir / "checkpoints").exists()
+
+
+def test_dataset_without_reports_names_the_variants_that_work(tmp_path):
+  """CPSC2018 has no reports (vocab 0): the full model stops before compiling, naming
+  the variants that train on ECGs alone; those pass the check."""
+  from data_pipelines import signal
+  from data_pipelines import write
+  data = tmp_path / "cpsc"
+  write.build(write.BuildConfig(source="cinc", input=str(conftest.EMBEDDED / "cpsc2018" / "wfdb"),
+                                output=str(data), signal=signal.Config(fs=100), workers=1,
+                                progress=False))
+  workdir = tmp_path / "w"
+  with pytest.raises(config_checks.ConfigError, match="no reports") as e:
+    train.train_and_evaluate(tiny_config(data), str(workdir))
+  assert "variant=ecg_mask_only" in str(e.value) and "variant=full" not in str(e.value)
+  assert not (workdir / "checkpoints").exists()
+  config_checks.check_reports(pretrain.get_config("size=tiny,variant=ecg_mask_only"), 0,
+                              str(data))
+
+
+def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
+  """A padded last batch counts by its valid rows, not as much as a full batch."""
+  from cgdmer_jax.data import reader
+  config = tiny_config(ptbxl_tfrecords, **{"data.eval_batch_size": 16})
+  train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  mesh = sharding.make_mesh(config)
+  s = train.setup(config, mesh)
+  eval_step = jax.jit(train.make_eval_step(s.graphdef, config))
+  with jax.set_mesh(mesh):
+    params = s.init_state()["params"]
+    got = train.evaluate_loss(params, eval_step, config, mesh, "val")["val/loss"]
+    losses, rows = [], []
+    for local in train.eval_stream(config, "val"):
+      losses.append(float(eval_step(params, sharding.global_batch(local, mesh))["loss"]))
+      rows.append(int(local["mask"].sum()))
+  assert len(set(rows)) > 1, rows  # a padded last batch, or the test shows nothing
+  want = sum(l * n for l, n in zip(losses, rows)) / sum(rows)
+  assert abs(want - float(np.mean(losses))) > 1e-4, (losses, rows)
+  assert got == pytest.approx(want, rel=1e-5)

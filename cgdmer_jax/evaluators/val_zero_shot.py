@@ -21,6 +21,7 @@ from cgdmer_jax.evaluators import auc
 from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
+from cgdmer_jax.models import cgdmer
 from data_pipelines import locate
 
 
@@ -29,7 +30,7 @@ class ValZeroShot:
 
   def __init__(self, config, graphdef, *, task: str, data_root: str, tokenizer_path: str,
                split: str = "val", batch_size: int = 64):
-    if config.loss.contrastive <= 0:
+    if not cgdmer.branches(config)["contrastive"]:
       raise ValueError("zero-shot model selection needs the contrastive term (loss.contrastive "
                        "> 0)")
     t = tasks_lib.TASKS[task]

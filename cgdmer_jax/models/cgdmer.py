@@ -1,7 +1,8 @@
 """CG-DMER: the wiring of the ECG and report towers, disentanglement, projections and heads.
 
-Owns which branches exist for a config (the ablation switches) and the output dict of the
-pretraining forward pass. Branches are decided statically from `config.loss.*` weights:
+Owns the ablation variants, which branches exist for a config (the ablation switches) and the
+output dict of the pretraining forward pass. Branches are decided statically from the
+`config.loss.*` weights:
   - the report tower (text backbone, text specific encoder, text projection) exists when the
     contrastive or the masked-text term is on (so `ecg_mask_only` never runs it);
   - the ECG decoder exists when `loss.ecg > 0`, the text head when `loss.text > 0`;
@@ -24,9 +25,35 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax.models import decoders, disentangle, ecg, layers, text
+from cgdmer_jax.models import decoders, disentangle, ecg, layers, patching, text
 
 PROBE_FEATURES = ("shared", "specific", "concat")
+
+# The ablation variants of the paper's ablation table (`configs/pretrain.py:variant=...`).
+# Each sets the loss weights (0 switches a term off and the model skips the branch that only
+# that term needs) and whether the ECG and the report are masked at all.
+VARIANTS = {
+    # SigLIP between (unmasked) ECG and report only.
+    "contrastive": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
+                        mask_ecg=False, mask_text=False),
+    # + spatial-temporal masked ECG modelling.
+    "ecg_mask": dict(ecg=1.0, text=0.0, contrastive=1.0, disentangle=0.0,
+                     mask_ecg=True, mask_text=False),
+    # + masked report reconstruction.
+    "text_mask": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=0.0,
+                      mask_ecg=True, mask_text=True),
+    # + disentanglement: full CG-DMER.
+    "full": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=1.0,
+                 mask_ecg=True, mask_text=True),
+    # Masked ECG modelling alone (no report): the ST-MEM-matched throughput comparison.
+    "ecg_mask_only": dict(ecg=1.0, text=0.0, contrastive=0.0, disentangle=0.0,
+                          mask_ecg=True, mask_text=False),
+}
+
+
+def variants_without_reports() -> list[str]:
+  """The variants whose model has no report tower: they train on ECGs alone."""
+  return sorted(k for k, v in VARIANTS.items() if not (v["contrastive"] > 0 or v["text"] > 0))
 
 
 class SigLIPScalars(nnx.Module):
@@ -109,16 +136,16 @@ class CGDMER(nnx.Module):
       out["ecg/embedding"] = layers.l2_normalize(self.ecg_proj(out["ecg/shared"]))
     if self.branches["ecg_decoder"]:
       out["ecg/recon"] = self.ecg_decoder(ecg_sh, ecg_sp, em["keep_idx"], em["masked_idx"])
-      target = ecg.gather_tokens(e["patches"], em["masked_idx"])
+      target = patching.gather_tokens(e["patches"], em["masked_idx"])
       if self.norm_patch_target:
         # MAE's norm_pix_loss: each target patch standardised on its own samples.
         mu = jnp.mean(target, axis=-1, keepdims=True)
         var = jnp.var(target, axis=-1, keepdims=True)
         target = (target - mu) * jax.lax.rsqrt(var + 1e-6)
       out["ecg/target"] = target
-      valid_BxN = ecg.token_valid(batch["valid_len"], batch["lead_mask"],
-                                  self.ecg.num_time_patches, self.ecg.patch_size)
-      out["ecg/weight"] = ecg.gather_tokens(valid_BxN, em["masked_idx"]).astype(jnp.float32)
+      out["ecg/weight"] = patching.hidden_patch_weight(
+          batch["valid_len"], batch["lead_mask"], em["masked_idx"], self.ecg.num_time_patches,
+          self.ecg.patch_size)
 
     if self.branches["text"]:
       tm = masks["text"]

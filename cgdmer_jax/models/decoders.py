@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax import masking
-from cgdmer_jax.models import disentangle, ecg, layers
+from cgdmer_jax.models import disentangle, layers, patching
 
 
 class ECGDecoder(nnx.Module):
@@ -34,7 +33,7 @@ class ECGDecoder(nnx.Module):
     m = config.model
     dtype = layers.compute_dtype(m.dtype)
     self.width = m.dec_width
-    self.num_time_patches = masking.num_time_patches(config)
+    self.num_time_patches = patching.num_time_patches(config)
     self.in_proj = layers.dense(disentangle.shared_width(m) + m.ecg_width, m.dec_width,
                                 dtype=dtype, rngs=rngs)
     self.mask_embed = nnx.Param(layers.EMBED_INIT(rngs.params(), (m.dec_width,)))
@@ -72,7 +71,7 @@ class TextHead(nnx.Module):
   def __call__(self, shared_BxLxS: jax.Array, specific_BxLxD: jax.Array,
                positions_BxK: jax.Array, token_table_VxD: jax.Array) -> jax.Array:
     """Logits over the vocabulary at the masked positions, float32 [B, K, vocab]."""
-    x_BxKxF = ecg.gather_tokens(jnp.concatenate([shared_BxLxS, specific_BxLxD], -1),
+    x_BxKxF = patching.gather_tokens(jnp.concatenate([shared_BxLxS, specific_BxLxD], -1),
                                 positions_BxK)
     h_BxKxD = self.norm(jax.nn.gelu(self.in_proj(x_BxKxF), approximate=False))
     logits = jnp.einsum("bkd,vd->bkv", h_BxKxD.astype(self.dtype),

@@ -4,7 +4,7 @@ Tokenisation follows ST-MEM (Na et al., ICLR 2024): every lead is cut into non-o
 patches of `patch_size` samples, each patch is linearly projected to a token, and a token
 gets a learnable lead embedding plus a fixed 1-D sin-cos embedding of its time patch (no
 [CLS]/[SEP] tokens; features are mean-pooled downstream). Tokens are flattened lead-major,
-`n = lead * num_time_patches + t`, the grid `masking.py` samples on.
+`n = lead * num_time_patches + t` (`patching.py`, the grid `masking.py` samples on).
 
 Masked encoding follows MAE (He et al., CVPR 2022): only the visible tokens, gathered by
 `keep_idx`, enter the transformer, so a 72% mask saves ~72% of the backbone's compute.
@@ -19,34 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax import masking
-from cgdmer_jax.data import normalize
-from cgdmer_jax.models import layers
-
-
-def patchify(x_BxCxT: jax.Array, patch_size: int) -> jax.Array:
-  """[B, C, T] -> [B, C * T/P, P], token n = c * (T/P) + t."""
-  B, C, T = x_BxCxT.shape
-  return x_BxCxT.reshape(B, C * (T // patch_size), patch_size)
-
-
-def token_valid(valid_len_B: jax.Array, lead_mask_BxC: jax.Array, num_time_patches: int,
-                patch_size: int) -> jax.Array:
-  """bool [B, N]: the token's lead was recorded and its patch starts before `valid_len`.
-
-  A patch that lies entirely in the zero padding carries no signal: it is left out of
-  pooling and of the reconstruction loss. A partly padded patch counts.
-  """
-  start_T = jnp.arange(num_time_patches) * patch_size
-  time_ok_BxT = start_T[None, :] < valid_len_B.astype(jnp.int32)[:, None]
-  ok_BxCxT = lead_mask_BxC.astype(bool)[:, :, None] & time_ok_BxT[:, None, :]
-  return ok_BxCxT.reshape(ok_BxCxT.shape[0], -1)
-
-
-def gather_tokens(x_BxNx_: jax.Array, idx_BxK: jax.Array) -> jax.Array:
-  """x[b, idx[b, k]] for a [B, N, ...] array: [B, K, ...]."""
-  idx = idx_BxK.reshape(idx_BxK.shape + (1,) * (x_BxNx_.ndim - 2))
-  return jnp.take_along_axis(x_BxNx_, idx, axis=1)
+from cgdmer_jax.models import layers, normalize, patching
 
 
 class ECGEncoder(nnx.Module):
@@ -56,7 +29,7 @@ class ECGEncoder(nnx.Module):
     m = config.model
     self.patch_size = m.patch_size
     self.num_leads = m.num_leads
-    self.num_time_patches = masking.num_time_patches(config)  # checks T % P
+    self.num_time_patches = patching.num_time_patches(config)  # checks T % P
     self.normalize = config.data.normalize
     if self.normalize not in normalize.METHODS:
       raise ValueError(f"unknown data.normalize {self.normalize!r}")
@@ -84,7 +57,7 @@ class ECGEncoder(nnx.Module):
               lead_mask_BxC: jax.Array) -> jax.Array:
     """Normalised ECG cut into patches, float32 [B, N, P] (also the reconstruction target)."""
     x = normalize.normalize_ecg(ecg_BxCxT, valid_len_B, lead_mask_BxC, self.normalize)
-    return patchify(x, self.patch_size)
+    return patching.patchify(x, self.patch_size)
 
   def embed(self, patches_BxKxP: jax.Array, idx_BxK: jax.Array) -> jax.Array:
     """Tokens of the given patches at grid positions `idx`, float32 [B, K, D]."""
@@ -99,14 +72,14 @@ class ECGEncoder(nnx.Module):
     """Encodes the visible tokens.
 
     Args:
-      ecg_BxCxT: ECG in millivolts; normalised here (`data.normalize`).
+      ecg_BxCxT: ECG in millivolts; normalised here (`normalize.py`, `data.normalize`).
       valid_len_B: int samples before zero padding.
       lead_mask_BxC: bool, True where the lead was recorded.
       keep_idx_BxV: visible token indices (from `masking.sample_ecg_mask`); None = all.
 
     Returns:
       dict: `tokens` float32 [B, V, D] backbone features of the visible tokens, `valid` bool
-      [B, V] (see `token_valid`), `patches` float32 [B, N, P] every normalised patch.
+      [B, V] (see `patching.token_valid`), `patches` float32 [B, N, P] every normalised patch.
     """
     C, T = ecg_BxCxT.shape[1:]
     if C != self.num_leads or T != self.num_time_patches * self.patch_size:
@@ -118,9 +91,9 @@ class ECGEncoder(nnx.Module):
     if keep_idx_BxV is None:
       keep_idx_BxV = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
     # Gather before embedding: masked patches never enter the computation at all.
-    visible_BxVxP = gather_tokens(patches_BxNxP, keep_idx_BxV)
+    visible_BxVxP = patching.gather_tokens(patches_BxNxP, keep_idx_BxV)
     tokens_BxVxD = self.backbone(self.embed(visible_BxVxP, keep_idx_BxV))
-    valid_BxN = token_valid(valid_len_B, lead_mask_BxC, self.num_time_patches,
+    valid_BxN = patching.token_valid(valid_len_B, lead_mask_BxC, self.num_time_patches,
                             self.patch_size)
-    return dict(tokens=tokens_BxVxD, valid=gather_tokens(valid_BxN, keep_idx_BxV),
+    return dict(tokens=tokens_BxVxD, valid=patching.gather_tokens(valid_BxN, keep_idx_BxV),
                 patches=patches_BxNxP)

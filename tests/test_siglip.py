@@ -13,7 +13,8 @@ import pytest
 
 from cgdmer_jax import losses
 from cgdmer_jax import sharding
-from cgdmer_jax import siglip_chunked
+from cgdmer_jax import siglip
+from cgdmer_jax.perf import siglip_memory
 from configs import pretrain
 
 
@@ -37,24 +38,24 @@ def test_chunked_equals_all_gather_loss_and_grads(data, fsdp, with_valid):
   B, D = 32, 16
   zimg, ztxt, valid = _embeddings(B, D)
   valid = valid if with_valid else None
-  # A log temperature and bias away from the init so that every term of the gradient matters.
-  log_temp, bias = jnp.float32(1.3), jnp.float32(-2.0)
+  # A temperature and bias away from the init so that every term of the gradient matters.
+  temp, bias = jnp.float32(3.7), jnp.float32(-2.0)
 
   def grads(fn):
     return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)))(
-        zimg_s, ztxt_s, log_temp, bias, valid_s)
+        zimg_s, ztxt_s, temp, bias, valid_s)
 
   with jax.set_mesh(mesh):
     put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
     zimg_s, ztxt_s = put(zimg), put(ztxt)
     valid_s = None if valid is None else put(valid)
-    ref_loss, ref_grads = grads(losses.siglip_loss)
-    loss, g = grads(siglip_chunked.siglip_loss_chunked)
+    ref_loss, ref_grads = grads(siglip.siglip_loss)
+    loss, g = grads(siglip.siglip_loss_chunked)
   np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
   for a, b in zip(g, ref_grads):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
   # And the reference on one device, with no sharding at all.
-  plain = losses.siglip_loss(zimg, ztxt, log_temp, bias, valid)
+  plain = siglip.siglip_loss(zimg, ztxt, temp, bias, valid)
   np.testing.assert_allclose(float(loss), float(plain), rtol=1e-5)
 
 
@@ -69,7 +70,7 @@ def test_total_switch_and_padding_rows():
   row_ok = jnp.arange(B) < 12  # the last 4 rows are eval padding
   batch = {"has_report": has_report, "mask": row_ok}
   results = {}
-  for impl in siglip_chunked.IMPLS:
+  for impl in siglip.IMPLS:
     config.loss.siglip_impl = impl
     with jax.set_mesh(mesh):
       put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
@@ -77,16 +78,16 @@ def test_total_switch_and_padding_rows():
       batch_s = {k: put(v) for k, v in batch.items()}
       fn = jax.jit(lambda o, b: losses.total(o, b, {}, config)[1]["loss/contrastive"])
       results[impl] = float(fn(out_s, batch_s))
-  expected = losses.siglip_loss(zimg[:12], ztxt[:12], jnp.log(10.0), -5.0, has_report[:12])
+  expected = siglip.siglip_loss(zimg[:12], ztxt[:12], 10.0, -5.0, has_report[:12])
   np.testing.assert_allclose(results["chunked"], results["all_gather"], rtol=1e-5)
   np.testing.assert_allclose(results["all_gather"], float(expected), rtol=1e-5)
   with pytest.raises(ValueError, match="siglip_impl"):
-    siglip_chunked.siglip("dense")
+    siglip.siglip("dense")
 
 
 def test_memory_report_chunked_is_smaller():
   config = pretrain.get_config("size=tiny")
   mesh = sharding.make_mesh(config)
-  report = siglip_chunked.memory_report(mesh, global_batch=4096, dim=64)
+  report = siglip_memory.memory_report(mesh, global_batch=4096, dim=64)
   # all-gather holds [B/8, B] logits (and their gradient) per device; chunked [B/8, B/8].
   assert report["chunked"]["temp_bytes"] * 3 < report["all_gather"]["temp_bytes"], report

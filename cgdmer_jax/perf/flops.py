@@ -7,7 +7,7 @@ Owns three things the benchmark reports:
     counts a `while` body once, not once per trip, so a scanned layer stack (or a gradient
     accumulation loop) would be undercounted; the count is therefore taken from a twin of the
     step with the same math but layers unrolled (`scan_layers=False`) and the batch in one
-    piece (`batch_chunks=1`), no rematerialisation
+    piece (`batch_chunks = grad_accum_steps = 1`), no rematerialisation
     (model FLOPs, as in MFU, exclude recomputation) and XLA attention (a cuDNN custom call has
     no cost model). XLA also counts element-wise work (norms, softmax, GELU, the optimizer)
     that the analytic count leaves out (a few percent at our sizes, ~10% at the 64-wide
@@ -157,22 +157,19 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
 # XLA's count and MFU.
 
 
-def counting_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, int]:
-  """The twin config whose compiled step XLA can count, and the factor to scale its count by.
+def counting_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The twin config whose compiled step XLA can count.
 
-  Layers unrolled, no in-step batch chunks (a loop too), no remat, XLA attention, one
-  micro-batch of `batch / grad_accum_steps` (its count times `grad_accum_steps` counts the
-  optimizer update that many times: a negligible excess).
+  Layers unrolled, the batch in one piece (accumulation chunks are a loop too; exact
+  accumulation computes the same math), no remat, XLA attention.
   """
   twin = ml_collections.ConfigDict(config.to_dict())
   twin.model.scan_layers = False
   twin.model.batch_chunks = 1
+  twin.optim.grad_accum_steps = 1
   twin.model.remat = False
   twin.model.attention = "xla"
-  n = int(twin.optim.grad_accum_steps)
-  twin.data.batch_size = config.data.batch_size // n
-  twin.optim.grad_accum_steps = 1
-  return twin, n
+  return twin
 
 
 def cost_of(compiled) -> dict[str, float]:
@@ -229,7 +226,7 @@ def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import sharding  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
-  twin, factor = counting_config(config)
+  twin = counting_config(config)
   twin.mesh.data, twin.mesh.fsdp = 1, 1
   mesh = sharding.make_mesh(twin, devices=jax.devices()[:1])
   s = train.setup(twin, mesh)
@@ -238,8 +235,7 @@ def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
            for k, v in objective.dummy_batch(twin, twin.data.batch_size).items()}
   with jax.set_mesh(mesh):
     compiled = s.train_step.lower(s.abstract_state, batch).compile()
-  return dict(flops=cost_of(compiled)["flops"] * factor,
-              dot_flops=hlo_dot_flops(compiled.as_text()) * factor)
+  return dict(flops=cost_of(compiled)["flops"], dot_flops=hlo_dot_flops(compiled.as_text()))
 
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int,

@@ -1,8 +1,8 @@
 """Our masked-ECG step against ST-MEM's own PyTorch step, interleaved on one machine.
 
-  python -m cgdmer_jax.stmem_compare --size=tiny --rounds=5 --steps_per_round=5 \
-      --peer_python=/work/peer/venv/bin/python \
-      --peer_script=/work/shared/peers/st_mem_throughput.py --peer_dir=/work/peer/st_mem
+  python -m cgdmer_jax.perf.stmem_compare --size=tiny --rounds=5 --steps_per_round=5 \
+      --peer_python=PEER_VENV/bin/python --peer_script=PATH/st_mem_throughput.py \
+      --peer_dir=ST_MEM_TREE
 
 Each round times `--steps_per_round` of our step (`configs/stmem_matched.py:size=SIZE`, compiled once,
 each step waited for) and then runs the peer harness (`st_mem_throughput.py`: ST-MEM's model
@@ -25,20 +25,18 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from cgdmer_jax import step_timing
+from cgdmer_jax import overrides
 from cgdmer_jax import sharding
 from cgdmer_jax import train
-from configs import stmem_matched
+from cgdmer_jax.perf import step_timing
 
 _SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "small", "base"], "ST-MEM encoder size.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds (ours, then the peer).")
 _STEPS = flags.DEFINE_integer("steps_per_round", 5, "Timed steps per round and side.")
 _THREADS = flags.DEFINE_integer("threads", len(os.sched_getaffinity(0)), "Peer torch threads.")
-_PEER_PYTHON = flags.DEFINE_string("peer_python", "/work/peer/venv/bin/python",
-                                   "Python with torch for the peer.")
-_PEER_SCRIPT = flags.DEFINE_string("peer_script", "/work/shared/peers/st_mem_throughput.py",
-                                   "The peer harness.")
-_PEER_DIR = flags.DEFINE_string("peer_dir", "/work/peer/st_mem", "Exported ST-MEM tree.")
+_PEER_PYTHON = flags.DEFINE_string("peer_python", None, "Python with torch for the peer.")
+_PEER_SCRIPT = flags.DEFINE_string("peer_script", None, "The peer harness.")
+_PEER_DIR = flags.DEFINE_string("peer_dir", None, "Exported ST-MEM tree.")
 _OVERRIDES = flags.DEFINE_list("override", [], "key=value overrides of our config.")
 _OUT = flags.DEFINE_string("json_out", None, "Write the rounds as JSON here.")
 
@@ -53,14 +51,16 @@ def peer_command(size: str, batch: int, steps: int, threads: int) -> list[str]:
 
 def main(argv) -> None:
   del argv
+  from configs import stmem_matched  # pylint: disable=g-import-not-at-top
   config = stmem_matched.get_config(f"size={_SIZE.value}")
-  config = step_timing.with_overrides(config, dict(kv.split("=", 1) for kv in _OVERRIDES.value))
+  config = overrides.apply(config, overrides.parse_items(",".join(_OVERRIDES.value)))
   B = config.data.batch_size
   mesh = sharding.make_mesh(config, devices=jax.devices()[:1])
   s = train.setup(config, mesh)
   cmd = peer_command(_SIZE.value, B, _STEPS.value, _THREADS.value)
-  print("ours: python -m cgdmer_jax.benchmark "
-        f"--config=configs/stmem_matched.py:size={_SIZE.value} (1 CPU device)")
+  print(f"ours: the trainer's step of configs/stmem_matched.py:size={_SIZE.value}"
+        f"{' with ' + ','.join(_OVERRIDES.value) if _OVERRIDES.value else ''}, in this process "
+        "(1 device)")
   print("peer: " + " ".join(cmd), flush=True)
   rounds = []
   with jax.set_mesh(mesh):
@@ -103,4 +103,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["peer_python", "peer_script", "peer_dir"])
   app.run(main)

@@ -1,7 +1,7 @@
 """Timing of the training step: synthetic batches, step timing, interleaved ablations, reader rate.
 
-The measuring core of `benchmark.py` (which adds the command line, weak scaling and the
-report) and `stmem_compare.py`. Every function builds the step with `train.setup(config,
+The measuring core of `perf/benchmark.py` (which adds the command line, weak scaling and the
+report) and `perf/stmem_compare.py`. Every function builds the step with `train.setup(config,
 mesh)`, the trainer's jitted, donated, sharded step, and times the compiled program.
 """
 
@@ -16,13 +16,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from cgdmer_jax import flops as flops_lib
 from cgdmer_jax import masking
 from cgdmer_jax import objective
+from cgdmer_jax import overrides
 from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
 from cgdmer_jax import train
 from cgdmer_jax.data import features
+from cgdmer_jax.models import cgdmer
+from cgdmer_jax.perf import flops as flops_lib
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ def batch_stream(config: ml_collections.ConfigDict, mesh, kind: str) -> Iterator
 def tokens_per_example(config: ml_collections.ConfigDict) -> int:
   """ECG tokens (leads x time patches, all of them) plus the report length when it is read."""
   n = masking.ecg_mask_counts(config).num_tokens
-  if config.loss.contrastive > 0 or config.loss.text > 0:
+  if cgdmer.branches(config)["text"]:
     n += config.model.max_report_len
   return n
 
@@ -173,8 +175,8 @@ def run_ablations(config: ml_collections.ConfigDict, devices: list,
   """
   variants = [("config", {})] + list(ablations)
   runs = []
-  for name, overrides in variants:
-    c = with_overrides(config, overrides)
+  for name, changes in variants:
+    c = overrides.apply(config, changes)
     mesh = sharding.make_mesh(c, devices=devices)
     s = train.setup(c, mesh)
     with jax.set_mesh(mesh):
@@ -184,7 +186,7 @@ def run_ablations(config: ml_collections.ConfigDict, devices: list,
       for _ in range(warmup):
         state, _ = compiled(state, batch)
       jax.block_until_ready(state)
-    runs.append(dict(name=name, overrides=overrides, mesh=mesh, compiled=compiled, state=state,
+    runs.append(dict(name=name, overrides=changes, mesh=mesh, compiled=compiled, state=state,
                      batch=batch, times=[]))
   for _ in range(steps):
     for r in runs:
@@ -210,33 +212,13 @@ def reader_rate(config: ml_collections.ConfigDict, batches: int = 20) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Config overrides.
-
-
-def with_overrides(config: ml_collections.ConfigDict,
-                   overrides: dict[str, str]) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted keys set from strings (typed like the current value)."""
-  out = ml_collections.ConfigDict(config.to_dict())
-  for key, text in overrides.items():
-    *path, leaf = key.split(".")
-    node = out
-    for p in path:
-      node = node[p]
-    current = node[leaf]
-    if isinstance(current, bool):
-      value = text.lower() in ("1", "true", "yes")
-    elif isinstance(current, (int, float)):
-      value = type(current)(text)
-    else:
-      value = text
-    node[leaf] = value
-  return out
+# Ablation specs.
 
 
 def parse_ablation(text: str) -> tuple[str, dict[str, str]]:
-  """'name:a.b=1,c.d=x' -> ('name', {'a.b': '1', 'c.d': 'x'})."""
+  """'name:a.b=1,c.d=x' -> ('name', {'a.b': '1', 'c.d': 'x'}) for `overrides.apply`."""
   name, _, rest = text.partition(":")
-  items = [kv.split("=", 1) for kv in rest.split(",") if kv]
-  if not name or not items or any(len(kv) != 2 for kv in items):
+  items = overrides.parse_items(rest)
+  if not name or not items:
     raise ValueError(f"--ablation={text!r} is not name:key=value[,key=value]")
-  return name, dict(items)
+  return name, items
