@@ -67,6 +67,9 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
   def save(self, step: int, state: dict[str, Any], meta: dict[str, Any], *,
            force: bool = False) -> bool:
     """Saves `state` ({'params', 'opt_state'}) at `step` if the interval says so (or force)."""
