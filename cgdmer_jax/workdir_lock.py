@@ -30,9 +30,7 @@ import time
 from typing import Iterator
 
 import jax
-import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 LOCK_FILE = "trainer.lock"
 HEARTBEAT_S = 60.0
@@ -147,7 +145,7 @@ def _take(path: pathlib.Path, stale_after_s: float) -> pathlib.Path:
 
 
 def acquire(workdir: str | os.PathLike, stale_after_s: float = STALE_AFTER_S) -> WorkdirLock:
-  """Takes the workdir's lock (process 0; every process calls this and learns the outcome).
+  """Takes the workdir's lock (process 0 takes it; the other processes hold a stand-in).
 
   Args:
     workdir: the training workdir (created if missing).
@@ -157,7 +155,7 @@ def acquire(workdir: str | os.PathLike, stale_after_s: float = STALE_AFTER_S) ->
     The `WorkdirLock`; call `release()` when training ends.
 
   Raises:
-    WorkdirInUseError: a live trainer holds the lock (on every process).
+    WorkdirInUseError: (process 0) a live trainer holds the lock.
   """
   path, error = None, None
   if jax.process_index() == 0:
@@ -166,11 +164,9 @@ def acquire(workdir: str | os.PathLike, stale_after_s: float = STALE_AFTER_S) ->
       path = _take(pathlib.Path(workdir) / LOCK_FILE, stale_after_s)
     except WorkdirInUseError as e:
       error = e
-  if jax.process_count() > 1:
-    refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-    if int(refused) and error is None:
-      raise WorkdirInUseError(f"workdir {workdir} in use by another trainer (process 0 says "
-                              "by whom)")
+  # No collective here: the other processes learn of a refusal when process 0 exits (the
+  # coordination service then stops them); a collective before the step's first one was
+  # seen to desynchronise the CPU (Gloo) collectives of a two-process run.
   if error is not None:
     raise error
   return WorkdirLock(path)
