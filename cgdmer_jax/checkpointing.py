@@ -7,11 +7,16 @@ can read them without the optimizer state. Orbax writes each step to a temporary
 renames it when complete, so a killed run never leaves a checkpoint that looks whole.
 
 Resume precedence (first that applies wins):
-  1. the latest checkpoint in the workdir (a restarted or preempted run continues),
+  1. the latest readable checkpoint in the workdir (a restarted or preempted run continues),
   2. `config.checkpoint.resume_from`: another run's checkpoint, full state and step,
   3. `config.checkpoint.init_from`: parameters only (from a checkpoint or an export); the
      optimizer and the step start fresh,
   4. scratch.
+
+An unreadable workdir checkpoint (a file cut short by a dying node, a bad disk) is named in
+a warning and moved to `<workdir>/checkpoints_unreadable/<step>` (kept for inspection, never
+deleted; out of Orbax's way, so the run can write that step again), and the next older one is
+tried; `config.checkpoint.strict_restore=True` raises `UnreadableCheckpointError` instead.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 ITEMS = ("params", "opt_state", "meta")
+UNREADABLE_DIR = "checkpoints_unreadable"
+
+
+class UnreadableCheckpointError(RuntimeError):
+  """A workdir checkpoint cannot be restored (strict_restore, or none is readable)."""
 
 
 def _path(path: str | os.PathLike) -> epath.Path:
@@ -57,6 +67,9 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
   def save(self, step: int, state: dict[str, Any], meta: dict[str, Any], *,
            force: bool = False) -> bool:
     """Saves `state` ({'params', 'opt_state'}) at `step` if the interval says so (or force)."""
@@ -75,6 +88,27 @@ class Checkpointer:
                                                      shardings["opt_state"])),
         meta=ocp.args.JsonRestore()))
     return {"params": out["params"], "opt_state": out["opt_state"]}, dict(out["meta"])
+
+  def set_aside(self, step: int) -> epath.Path:
+    """Moves a step folder out of Orbax's way, keeping it (process 0 moves it).
+
+    Args:
+      step: the unreadable step.
+
+    Returns:
+      Where it went: `<workdir>/checkpoints_unreadable/<step>`. Every process then sees
+      only the remaining steps.
+    """
+    target = self.directory.parent / UNREADABLE_DIR / str(step)
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      if target.exists():  # set aside before, under the same step: keep both
+        target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
+      (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -131,10 +165,29 @@ def initial_state(ckpt: Checkpointer, config, abstract_state: dict[str, Any],
   Returns:
     The state to train from, its step and where it came from.
   """
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, abstract_state, shardings)
-    return Resumed(state, int(meta.get("step", latest)), "workdir")
+  strict = bool(config.checkpoint.get("strict_restore", False))
+  steps = sorted(ckpt.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      state, meta = ckpt.restore(step, abstract_state, shardings)
+    except Exception as e:  # pylint: disable=broad-except  # any unreadable file or metadata
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+      if strict:
+        raise UnreadableCheckpointError(
+            f"checkpoint step {step} in {ckpt.directory} is unreadable ({reason}); "
+            "config.checkpoint.strict_restore=True stops here (without it the step is set "
+            "aside and the newest readable checkpoint restored)") from e
+      moved = ckpt.set_aside(step)
+      logging.warning("checkpoint step %d in %s is unreadable (%s): skipped and moved to %s; "
+                      "trying the previous checkpoint", step, ckpt.directory, reason, moved)
+      continue
+    return Resumed(state, int(meta.get("step", step)), "workdir")
+  if steps:
+    # Never start a long run over from scratch behind a warning.
+    raise UnreadableCheckpointError(
+        f"no checkpoint in {ckpt.directory} is readable (steps {steps}, moved to "
+        f"{ckpt.directory.parent / UNREADABLE_DIR}); rerun to start from "
+        "resume_from/init_from/scratch, or move a repaired step back")
   if config.checkpoint.resume_from:
     step_dir = resolve_step_dir(config.checkpoint.resume_from)
     other = Checkpointer(step_dir.parent, every_steps=1, keep=None, async_save=False)

@@ -88,6 +88,8 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
            f"config.loss.siglip_impl={config.loss.get('siglip_impl')!r}; choose one of "
            f"{siglip.IMPLS}")
   _require(config.total_steps > 0, f"config.total_steps must be positive, got {config.total_steps}")
+  _require(d.get("on_corrupt", "error") in ("error", "skip"),
+           f"config.data.on_corrupt={d.get('on_corrupt')!r}; choose 'error' or 'skip'")
   _require(config.checkpoint.every_steps > 0,
            f"config.checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
   _require(config.checkpoint.keep is None or config.checkpoint.keep >= 1,

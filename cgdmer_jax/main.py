@@ -71,11 +71,16 @@ def main(argv) -> int:
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
 
+  from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import config_checks  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.data import shard_scan  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_checks.ConfigError, train.NonFiniteLossError, FileNotFoundError) as e:
+  except (config_checks.ConfigError, train.NonFiniteLossError, FileNotFoundError,
+          workdir_lock.WorkdirInUseError, shard_scan.DamagedShardError,
+          checkpointing.UnreadableCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -36,6 +37,7 @@ from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
 from cgdmer_jax import pretrained_text
 from cgdmer_jax.models import bert_tower
+from cgdmer_jax import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,14 +70,10 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
   config_checks.check_reports(config, int(info.vocab_size), str(config.data.dir))
   if config.data.get("mix"):
     from cgdmer_jax.data import mixture  # pylint: disable=g-import-not-at-top
-    from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
-    sources = mixture.sources_of(config)
     try:
-      mixture.check([info] + [reader.load_info(s.data_dir) for s in sources[1:]],
-                    config.data.train_split)
+      logging.info("training mixture: %s", mixture.check_config(config, info))
     except (ValueError, FileNotFoundError) as e:
       raise config_checks.ConfigError(f"config.data.mix: {e}") from e
-    logging.info("training mixture: %s", mixture.describe(sources, config.data.train_split))
   with config.unlocked():
     config.model.vocab_size = int(info.vocab_size)
     config.model.max_report_len = int(info.max_report_len)
@@ -90,23 +88,26 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
     raise config_checks.ConfigError(str(e)) from e
 
 
-def train_stream(config, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+def train_stream(config, start_step: int, damage_log=None) -> Iterator[dict[str, np.ndarray]]:
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
   if config.data.get("mix"):
     from cgdmer_jax.data import mixture  # pylint: disable=g-import-not-at-top
     return mixture.train_batches(
         mixture.sources_of(config), split=config.data.train_split,
         global_batch_size=config.data.batch_size, seed=config.seed, start_step=start_step,
-        shuffle_buffer=config.data.shuffle_buffer)
+        shuffle_buffer=config.data.shuffle_buffer,
+        on_corrupt=config.data.get("on_corrupt", "error"), damage_log=damage_log)
   return reader.train_batches(
       config.data.dir, split=config.data.train_split, global_batch_size=config.data.batch_size,
-      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer)
+      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer,
+      on_corrupt=config.data.get("on_corrupt", "error"), damage_log=damage_log)
 
 
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
   return reader.eval_batches(config.data.dir, split=split,
-                             global_batch_size=config.data.eval_batch_size)
+                             global_batch_size=config.data.eval_batch_size,
+                             on_corrupt=config.data.get("on_corrupt", "error"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +264,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = reader.load_info(config.data.dir)
   apply_dataset_info(config, info)
   config_checks.check_resume(config, workdir)
+  with workdir_lock.hold(workdir):  # one trainer per workdir, from here to the end
+    return _train_locked(config, workdir, info)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
+                  ) -> dict[str, float]:
+  from cgdmer_jax.data import shard_scan  # pylint: disable=g-import-not-at-top
   write_config(config, workdir)
 
   mesh = sharding.make_mesh(config)
@@ -302,6 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_logged: dict[str, float] = {}
   pending = None  # (step, device metrics) of the last dispatched step, fetched one step later
   last_good_step = ckpt.latest_step()
+  damage_log = shard_scan.DamageLog() if config.data.get("on_corrupt") == "skip" else None
 
   def flush() -> None:
     nonlocal pending
@@ -328,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_window, steps_window = time.perf_counter(), 0
   try:
     with jax.set_mesh(mesh):
-      batches = prefetch.device_batches(train_stream(config, step), mesh,
+      batches = prefetch.device_batches(train_stream(config, step, damage_log), mesh,
                                          config.data.get("prefetch", 2))
       while step < stop_at:
         batch = next(batches)
@@ -347,6 +356,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last_logged = window.pop()
           last_logged["examples_per_s"] = steps_window * config.data.batch_size / dt
           last_logged["step_time_s"] = dt / steps_window
+          if damage_log is not None:  # every process reads its own files: the sum
+            last_logged["data/damaged_records"] = int(np.sum(
+                multihost_utils.process_allgather(np.int32(damage_log.count))))
           writer.write(step, last_logged)
           progress.update(steps_window, loss=last_logged["loss"])
           t_window, steps_window = time.perf_counter(), 0
@@ -369,6 +381,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       flush()
       logging.info("process %d/%d ends at step %d; params digest %s", jax.process_index(),
                    jax.process_count(), step, params_digest(state["params"]))
+  except shard_scan.DamagedShardError:  # (train or val input) keep every finished step
+    if step > resumed.step and step != ckpt.latest_step():
+      save(step, force=True)
+    logging.error("damaged input after step %d; latest checkpoint: step %s in %s", step,
+                  ckpt.latest_step(), ckpt.directory)
+    raise
   finally:
     ckpt.wait()
     ckpt.close()

@@ -52,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.normalize = "zscore"
   config.data.train_split = "train"
   config.data.val_split = "val"
+  # A record failing its CRC: 'error' stops (naming the shard, state saved); 'skip' reads past
+  # it and counts it (metric data/damaged_records). See cgdmer_jax/data/reader.py.
+  config.data.on_corrupt = "error"
 
   config.model = common.model_config(args.size, fs=fs, text=args.text)
 
@@ -99,6 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Resume precedence: latest checkpoint in the workdir > resume_from > init_from > scratch.
   config.checkpoint.resume_from = ml_collections.config_dict.placeholder(str)
   config.checkpoint.init_from = ml_collections.config_dict.placeholder(str)
+  # An unreadable latest checkpoint: False warns, sets it aside and restores the newest
+  # readable one; True stops with the error instead.
+  config.checkpoint.strict_restore = False
 
   # Device mesh: data * fsdp must equal the device count; -1 takes what is left.
   config.mesh = ml_collections.ConfigDict()

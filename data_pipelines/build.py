@@ -22,6 +22,7 @@ build without --overwrite, --runner=beam without Apache Beam installed).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -137,8 +138,12 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (RuntimeError, OSError) as e:
-    logging.exception("conversion failed")
-    print(f"error: conversion failed: {e}", file=sys.stderr)
+    # The message says what happened; the traceback only with -v=1.
+    logging.debug("conversion failed", exc_info=True)
+    hint = ("free space on the output disk, then " if getattr(e, "errno", None) ==
+            errno.ENOSPC else "")
+    print(f"error: conversion failed: {e}\n{hint}rerun the same command to resume: completed "
+          "shards are kept", file=sys.stderr)
     return 1
   print(summary.format())
   return 0

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from cgdmer_jax.data import reader
+from cgdmer_jax.data import shard_scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,13 +134,14 @@ def weights(sources: Sequence[Source], infos: Sequence[reader.DatasetInfo],
 def train_batches(sources: Sequence[Source], *, split: str = "train", global_batch_size: int,
                   seed: int, start_step: int = 0, shuffle_buffer: int = 10_000,
                   process_index: int | None = None, process_count: int | None = None,
-                  cycle_length: int = 16, with_record_id: bool = False
+                  cycle_length: int = 16, with_record_id: bool = False,
+                  on_corrupt: str = "error", damage_log: shard_scan.DamageLog | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Endless deterministic batches drawn from several datasets (see the module docstring).
 
   Args:
     sources: the datasets and weights (`sources_of`), primary first.
-    Others: as `reader.train_batches`.
+    Others: as `reader.train_batches` (`on_corrupt`, `damage_log` for every dataset).
 
   Returns:
     An iterator of batch dicts (local batch), the schema of `reader.train_batches`.
@@ -150,10 +152,14 @@ def train_batches(sources: Sequence[Source], *, split: str = "train", global_bat
   local_batch = reader._local_batch(global_batch_size, count)  # pylint: disable=protected-access
   if start_step < 0:
     raise ValueError("start_step must be >= 0")
-  streams = [reader.serialized_stream(reader.local_train_files(info, split, index, count),
-                                      seed=seed + 1_000_003 * i, shuffle_buffer=shuffle_buffer,
-                                      cycle_length=cycle_length)
-             for i, info in enumerate(infos)]
+  streams, local = [], []
+  for i, info in enumerate(infos):
+    files, lengths = info.shard_files[split], info.shard_lengths[split]
+    local.append(reader.local_train_files(info, split, index, count))
+    streams.append(reader.serialized_stream(
+        local[-1], seed=seed + 1_000_003 * i, shuffle_buffer=shuffle_buffer,
+        cycle_length=cycle_length,
+        records=shard_scan.records_fn(on_corrupt, damage_log, files, lengths)))
   ds = tf.data.Dataset.sample_from_datasets(
       streams, weights=weights(sources, infos, split).tolist(), seed=seed,
       stop_on_empty_dataset=False)
@@ -163,10 +169,31 @@ def train_batches(sources: Sequence[Source], *, split: str = "train", global_bat
   parse = reader._parser(infos[0], with_record_id)  # pylint: disable=protected-access
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(reader._options())  # pylint: disable=protected-access
-  for batch in ds.as_numpy_iterator():
+  all_local = [f for fs in local for f in fs]
+  where = ",".join(s.data_dir for s in sources)
+  for batch in shard_scan.named_errors(ds.as_numpy_iterator(), where, all_local):
     if with_record_id:
       batch["record_id"] = reader._strings(batch["record_id"])  # pylint: disable=protected-access
     yield batch
+
+
+def check_config(config, primary: reader.DatasetInfo) -> str:
+  """Checks a config's mixture before anything compiles.
+
+  Args:
+    config: full config (`data.dir`, `data.mix`, `data.weight`, `data.train_split`).
+    primary: the metadata of `data.dir`.
+
+  Returns:
+    `describe` of the mixture, for the run's log.
+
+  Raises:
+    ValueError, FileNotFoundError: as `sources_of`, `check` and `reader.load_info`.
+  """
+  sources = sources_of(config)
+  check([primary] + [reader.load_info(s.data_dir) for s in sources[1:]],
+        config.data.train_split)
+  return describe(sources, config.data.train_split)
 
 
 def describe(sources: Sequence[Source], split: str = "train") -> str:

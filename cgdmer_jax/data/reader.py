@@ -31,6 +31,15 @@ without decoding them: measured ~25-40k records/s at 100 Hz and ~6k/s at 500 Hz 
 (`data_pipelines.benchmark` prints the rate). Calling `tf.random.set_seed` in the same
 process changes the stream (TensorFlow combines the global seed with the op seed): the
 trainer must not.
+
+**Damaged shards** (`on_corrupt`). 'error' (default): a record failing its CRC stops the
+stream with `shard_scan.DamagedShardError`, naming the shard file, the record's byte offset
+and how to rebuild it (TensorFlow's own error names no file: `shard_scan.locate` finds it).
+'skip': shards are read through `shard_scan.records`, which skips a damaged record and goes
+on with the next readable one; each skip is logged once and counted in a
+`shard_scan.DamageLog` (records lost per file: the metadata's shard length minus the records
+read). Skip mode reads records through Python (a generator per file): slower, for finishing a
+run on a dataset that cannot be rebuilt in time.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from cgdmer_jax.data import features
+from cgdmer_jax.data import shard_scan
 
 try:  # Hide GPUs from TensorFlow: it must never take accelerator memory from JAX.
   tf.config.set_visible_devices([], "GPU")
@@ -174,6 +184,31 @@ def _parser(info: DatasetInfo, with_ids: bool):
   return parse
 
 
+def unparsable(info: DatasetInfo, serialized: list[bytes]) -> list[int]:
+  """Indices of the serialized records that the training parser rejects (wrong schema).
+
+  Args:
+    info: the dataset's metadata (shapes of the schema).
+    serialized: serialized examples.
+
+  Returns:
+    The indices, in order; [] when every record parses.
+  """
+  parse = _parser(info, True)
+  try:
+    if serialized:
+      parse(tf.constant(serialized))
+    return []
+  except (tf.errors.InvalidArgumentError, ValueError):
+    bad = []
+    for i, record in enumerate(serialized):
+      try:
+        parse(tf.constant([record]))
+      except (tf.errors.InvalidArgumentError, ValueError):
+        bad.append(i)
+    return bad
+
+
 def _strings(values: np.ndarray) -> np.ndarray:
   """TF string tensors (numpy object arrays of bytes) as a numpy str array."""
   return np.array([v.decode("utf-8") for v in values.reshape(-1)], dtype=str).reshape(
@@ -204,7 +239,7 @@ def local_train_files(info: DatasetInfo, split: str, index: int, count: int) -> 
 
 
 def serialized_stream(files: tuple[str, ...] | list[str], *, seed: int, shuffle_buffer: int,
-                      cycle_length: int) -> tf.data.Dataset:
+                      cycle_length: int, records=tf.data.TFRecordDataset) -> tf.data.Dataset:
   """Endless shuffled serialized records of `files` (one process's files; see the module doc).
 
   Epoch e visits the files in the order of a stateless shuffle seeded by (seed, e);
@@ -215,6 +250,7 @@ def serialized_stream(files: tuple[str, ...] | list[str], *, seed: int, shuffle_
     seed: shuffling seed.
     shuffle_buffer: records in the shuffle buffer.
     cycle_length: files read at once.
+    records: file path -> dataset of its serialized records (`shard_scan.records_fn`).
 
   Returns:
     A `tf.data.Dataset` of serialized examples (not parsed: skipping them is cheap).
@@ -227,7 +263,7 @@ def serialized_stream(files: tuple[str, ...] | list[str], *, seed: int, shuffle_
     return tf.data.Dataset.from_tensor_slices(order)
 
   ds = tf.data.Dataset.counter().flat_map(epoch_files)
-  ds = ds.interleave(tf.data.TFRecordDataset,
+  ds = ds.interleave(records,
                      cycle_length=min(cycle_length, len(files)), block_length=1,
                      num_parallel_calls=_AUTOTUNE, deterministic=True)
   return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
@@ -237,7 +273,9 @@ def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
                   global_batch_size: int, seed: int, start_step: int = 0,
                   shuffle_buffer: int = 10_000, process_index: int | None = None,
                   process_count: int | None = None, cycle_length: int = 16,
-                  with_record_id: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                  with_record_id: bool = False, on_corrupt: str = "error",
+                  damage_log: shard_scan.DamageLog | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """Endless, shuffled, deterministic training batches (see the module docstring).
 
   Args:
@@ -251,6 +289,8 @@ def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
     process_count: processes (default `jax.process_count()`).
     cycle_length: files read at once by the interleave (part of the stream's definition).
     with_record_id: also yield `record_id` (str [B]); for checks, not for the device.
+    on_corrupt: 'error' or 'skip' (damaged records; see the module docstring).
+    damage_log: with 'skip', counts the damaged records skipped.
 
   Returns:
     An iterator of batch dicts (local batch).
@@ -258,20 +298,25 @@ def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
   Raises:
     ValueError: batch size not divisible by the process count, unknown split, or fewer shard
       files than processes.
+    shard_scan.DamagedShardError: (while iterating, on_corrupt='error') a record fails its
+      checks.
   """
   info = load_info(data_dir)
   index, count = _process(process_index, process_count)
   local_batch = _local_batch(global_batch_size, count)
   if start_step < 0:
     raise ValueError("start_step must be >= 0")
-  ds = serialized_stream(local_train_files(info, split, index, count), seed=seed,
-                         shuffle_buffer=shuffle_buffer, cycle_length=cycle_length)
+  files, lengths = _split_info(info, split)
+  records = shard_scan.records_fn(on_corrupt, damage_log, files, lengths)
+  local_files = local_train_files(info, split, index, count)
+  ds = serialized_stream(local_files, seed=seed, shuffle_buffer=shuffle_buffer,
+                         cycle_length=cycle_length, records=records)
   if start_step:
     ds = ds.skip(start_step * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.map(_parser(info, with_record_id), num_parallel_calls=_AUTOTUNE, deterministic=True)
   ds = ds.prefetch(_AUTOTUNE).with_options(_options())
-  for batch in ds.as_numpy_iterator():
+  for batch in shard_scan.named_errors(ds.as_numpy_iterator(), data_dir, files[index::count]):
     if with_record_id:
       batch["record_id"] = _strings(batch["record_id"])
     yield batch
@@ -300,7 +345,8 @@ def _padding(info: DatasetInfo, rows: int) -> dict[str, np.ndarray]:
 
 
 def eval_batches(data_dir: str | os.PathLike, *, split: str, global_batch_size: int,
-                 process_index: int | None = None, process_count: int | None = None
+                 process_index: int | None = None, process_count: int | None = None,
+                 on_corrupt: str = "error", damage_log: shard_scan.DamageLog | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split`, every example exactly once across processes, padded batches.
 
@@ -314,22 +360,25 @@ def eval_batches(data_dir: str | os.PathLike, *, split: str, global_batch_size: 
     global_batch_size: batch over all processes (divisible by process_count).
     process_index: this process (default `jax.process_index()`).
     process_count: processes (default `jax.process_count()`).
+    on_corrupt: as in `train_batches` (skipped records become padding rows).
+    damage_log: with 'skip', counts the damaged records skipped.
 
   Returns:
     An iterator of batch dicts with `mask` (False on padding rows) and `record_id`.
   """
   info = load_info(data_dir)
-  files, _ = _split_info(info, split)
+  files, lengths = _split_info(info, split)
+  records = shard_scan.records_fn(on_corrupt, damage_log, files, lengths)
   index, count = _process(process_index, process_count)
   local_batch = _local_batch(global_batch_size, count)
   total = eval_batch_count(info, split, global_batch_size, count)
   local_files = list(files[index::count])
   yielded = 0
   if local_files:
-    ds = tf.data.TFRecordDataset(local_files).batch(local_batch)
+    ds = tf.data.Dataset.from_tensor_slices(local_files).flat_map(records).batch(local_batch)
     ds = ds.map(_parser(info, True), num_parallel_calls=_AUTOTUNE, deterministic=True)
     ds = ds.prefetch(_AUTOTUNE).with_options(_options())
-    for batch in ds.as_numpy_iterator():
+    for batch in shard_scan.named_errors(ds.as_numpy_iterator(), data_dir, local_files):
       rows = batch["ecg"].shape[0]
       batch["record_id"] = _strings(batch["record_id"])
       batch["mask"] = np.ones((rows,), bool)

@@ -16,6 +16,11 @@ lookups in its field-specification tables, ~240 of them per 12-lead header; with
 that is ~3.5 ms of the ~4.5 ms `rdsamp` of a PTB-XL record. While reading, the three tables
 are swapped for read-only dict-backed stand-ins holding the same cells (same objects, so the
 parse is unchanged; `tests/test_data_sources.py` compares both on every shared record).
+
+Truncated signal files (an interrupted download) are rejected, not read short: the size of
+every signal file of a single-segment header is checked against the samples the header
+declares (`check_signal_files`), because a read limited to the kept window never reaches the
+missing end.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Iterable
 import numpy as np
 import wfdb
 from wfdb.io import _header as wfdb_header
+from wfdb.io import _signal as wfdb_signal
 
 from data_pipelines import signal as signal_lib
 from data_pipelines.sources.base import Rejected
@@ -100,6 +106,41 @@ def _mv_scale(units: str | None) -> float | None:
   return _TO_MV.get(units.strip().lower())
 
 
+def check_signal_files(header, directory: pathlib.Path) -> None:
+  """Rejects a single-segment record whose signal files hold fewer samples than declared.
+
+  Args:
+    header: the record's header (`wfdb.rdheader`); multi-segment headers are not checked
+      here (their segments are records of their own, read whole).
+    directory: the folder of the header (signal file names are relative to it).
+
+  Raises:
+    Rejected: "signal file F holds N of the M samples the header declares".
+  """
+  if not isinstance(header, wfdb.Record) or not header.sig_len or not header.file_name:
+    return
+  spf = list(header.samps_per_frame or [1] * len(header.file_name))
+  offsets = list(header.byte_offset or [None] * len(header.file_name))
+  files: dict[str, list] = {}
+  for i, name in enumerate(header.file_name):
+    # One entry per file: its format and start offset are those of its first signal.
+    entry = files.setdefault(name, [header.fmt[i], offsets[i] or 0, 0])
+    entry[2] += spf[i] or 1
+  for name, (fmt, offset, per_frame) in files.items():
+    if fmt not in wfdb_signal.BYTES_PER_SAMPLE or not wfdb_signal.BYTES_PER_SAMPLE[fmt]:
+      continue  # FLAC (508/516/524): compressed, its size says nothing about its length
+    path = directory / name
+    if not path.is_file():
+      continue  # wfdb names the missing file itself
+    need = offset + wfdb_signal._required_byte_num(  # pylint: disable=protected-access
+        "read", fmt, int(header.sig_len) * per_frame)
+    size = path.stat().st_size
+    if size < need:
+      held = int(max(0, size - offset) // (wfdb_signal.BYTES_PER_SAMPLE[fmt] * per_frame))
+      raise Rejected(f"truncated signal file: signal file {name} holds {held} of the "
+                     f"{int(header.sig_len)} samples the header declares")
+
+
 def read_wfdb(path: pathlib.Path, root: pathlib.Path | None = None,
               max_seconds: float | None = None
               ) -> tuple[np.ndarray, tuple[str, ...], float, dict]:
@@ -116,16 +157,20 @@ def read_wfdb(path: pathlib.Path, root: pathlib.Path | None = None,
     'dropped_channels', 'fs_frame' and 'samples_per_frame').
 
   Raises:
-    Rejected: the header or signal files cannot be read (reason names the error).
+    Rejected: the header or signal files cannot be read (reason names the error), or a
+      signal file is shorter than its header declares.
   """
   try:
     with fast_header_parsing():
       sampto = None
+      header = wfdb.rdheader(str(path))
+      check_signal_files(header, pathlib.Path(path).parent)
       if max_seconds is not None:
-        header = wfdb.rdheader(str(path))
         if header.fs and header.sig_len:
           sampto = min(int(header.sig_len), math.ceil(round(max_seconds * header.fs, 6)))
       rec = wfdb.rdrecord(str(path), smooth_frames=False, sampto=sampto)
+  except Rejected:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     msg = str(e)
     if root is not None:
