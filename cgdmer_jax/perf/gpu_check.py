@@ -63,7 +63,7 @@ _ONLY = flags.DEFINE_list("only", [], "Run only these measurements (names in PLA
 _STMEM_BATCH = flags.DEFINE_integer("stmem_batch", 256, "Batch of both ST-MEM-matched steps.")
 _PROBE_BATCH = flags.DEFINE_integer("probe_batch", 32, "Batch of the FLOP/memory probe.")
 _MEM_FRACTION = flags.DEFINE_float("memory_fraction", 0.7, "Fill this much of bytes_limit.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (dry run: 1).")
+_STEPS = flags.DEFINE_integer("timed_steps", 10, "Timed steps per measurement (dry run: 1).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s override (0: flops.PEAK_TFLOPS).")
 
 # (name, seconds it may take): upper estimates for one H200, in the order they run.
