@@ -131,7 +131,7 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
     params = optax.apply_updates(state["params"], updates)
     mets = dict(mets)
     mets["loss"] = loss
-    mets["grad_norm"] = optax.global_norm(grads)
+    mets["grad_norm"] = optax.tree.norm(grads)
     mets["lr"] = schedule(state["step"])
     for k, v in losses.term_scales(config, state["step"]).items():
       if not isinstance(v, float):  # a term on a ramp-in schedule: log where it is
