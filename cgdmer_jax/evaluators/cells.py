@@ -28,6 +28,34 @@ def no_cell(reason: str, **extra) -> dict:
   return {"auc": None, "reason": reason, **extra}
 
 
+def start_probe(y_train, y_rep, classes: Sequence[str], counts_BxN, split: str, probe: str
+                ) -> tuple[list[int], dict[str, str], dict, dict | None]:
+  """What every probe does before fitting: its trainable classes and the cells it cannot fit.
+
+  Args:
+    y_train: [N, C] labels of the training subset.
+    y_rep: labels of the evaluated split.
+    classes: C names.
+    counts_BxN: bootstrap resample counts of the evaluated records.
+    split: name of the evaluated split.
+    probe: the probe's name (stored in the cell).
+
+  Returns:
+    (columns, untrained, meta, cell): `cell` is the finished cell when there is nothing to fit
+    (no training rows, or fewer than two trainable classes), else None.
+  """
+  n = len(y_train)
+  if n == 0:
+    return [], {}, {}, no_cell("no training rows", train_rows=0)
+  columns, untrained = trainable(np.asarray(y_train), classes)
+  meta = {"train_rows": int(n), "probe": probe}
+  if len(columns) < auc_lib.MIN_CLASSES:
+    return columns, untrained, meta, {
+        **score(y_rep, np.zeros(np.shape(y_rep)), classes, counts_BxN, columns=columns,
+                untrained=untrained, split=split), **meta}
+  return columns, untrained, meta, None
+
+
 def score(y_NxC: np.ndarray, s_NxC: np.ndarray, classes: Sequence[str],
           counts_BxN: np.ndarray, *, columns: Sequence[int] | None = None,
           untrained: dict[str, str] | None = None, split: str = "test") -> dict:

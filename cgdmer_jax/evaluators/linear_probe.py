@@ -140,13 +140,10 @@ def train_and_score(x_train, y_train, x_sel, y_sel, x_rep, y_rep, classes, count
   """
   n, d = np.shape(x_train)
   c = len(classes)
-  if n == 0:
-    return cells.no_cell("no training rows", train_rows=0)
-  columns, untrained = cells.trainable(y_train, classes)
-  meta = {"train_rows": int(n), "probe": "merl"}
-  if len(columns) < auc_lib.MIN_CLASSES:
-    return {**cells.score(y_rep, np.zeros(np.shape(y_rep)), classes, counts_BxN,
-                          columns=columns, untrained=untrained, split=split), **meta}
+  columns, untrained, meta, cell = cells.start_probe(y_train, y_rep, classes, counts_BxN, split,
+                                                     "merl")
+  if cell is not None:
+    return cell
   bs = min(config.batch_size, n)
   nb = -(-n // bs)
   rng = np.random.default_rng(config.seed)

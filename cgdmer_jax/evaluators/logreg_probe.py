@@ -101,13 +101,10 @@ def train_and_score(x_train, y_train, x_sel, y_sel, x_rep, y_rep, classes, count
   x_train = np.asarray(x_train, np.float64)
   y_train = np.asarray(y_train)
   n = len(x_train)
-  if n == 0:
-    return cells.no_cell("no training rows", train_rows=0)
-  columns, untrained = cells.trainable(y_train, classes)
-  meta = {"train_rows": int(n), "probe": "logreg"}
-  if len(columns) < auc_lib.MIN_CLASSES:
-    return {**cells.score(y_rep, np.zeros(np.shape(y_rep)), classes, counts_BxN,
-                          columns=columns, untrained=untrained, split=split), **meta}
+  columns, untrained, meta, cell = cells.start_probe(y_train, y_rep, classes, counts_BxN, split,
+                                                     "logreg")
+  if cell is not None:
+    return cell
   x_rep = np.asarray(x_rep, np.float64)
   by_c, rep_by_c = {}, {}
   if x_sel is not None and len(x_sel):
