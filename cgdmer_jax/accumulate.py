@@ -98,9 +98,10 @@ def _weights(batch: dict, masks: dict, config: ml_collections.ConfigDict) -> dic
   return losses.term_weights(ecg_w, batch, masks, config)
 
 
-def _chunk_share(graphdef, config: ml_collections.ConfigDict, totals: dict, step=None):
+def _chunk_share(graphdef, config: ml_collections.ConfigDict, totals: dict, step=None,
+                 balance=None):
   """`(params, chunk) -> (loss, metrics)`: the chunk's share of the whole batch's means."""
-  w = losses.term_scales(config, step)
+  w = losses.term_scales(config, step, balance)
 
   def share(params, chunk):
     batch_c, masks_c, weights_c = chunk
@@ -128,9 +129,10 @@ def _zeros_like_out(fn, *args):
 
 
 def loss_and_grads_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
-  """`(params, batch, rng, step=None) -> ((loss, metrics), grads)`, accumulated exactly.
+  """`(params, batch, rng, step=None, balance=None) -> ((loss, metrics), grads)`, exactly.
 
-  `step` (the optimizer step) sets the terms' ramp-in weights (`losses.term_scales`).
+  `step` (the optimizer step) sets the terms' ramp-in weights and `balance` their
+  multipliers (`losses.term_scales`).
 
   Args:
     graphdef: from `objective.init`.
@@ -143,11 +145,13 @@ def loss_and_grads_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
   whole = jax.value_and_grad(
       functools.partial(objective.loss_fn, graphdef=graphdef, config=config), has_aux=True)
   if n == 1:
-    return lambda params, batch, rng, step=None: whole(params, batch=batch, rng=rng, step=step)
+    return lambda params, batch, rng, step=None, balance=None: whole(
+        params, batch=batch, rng=rng, step=step, balance=balance)
 
-  def loss_and_grads(params, batch, rng, step=None):
+  def loss_and_grads(params, batch, rng, step=None, balance=None):
     chunks, totals = _prepare(batch, rng, config, n)
-    grad_fn = jax.value_and_grad(_chunk_share(graphdef, config, totals, step), has_aux=True)
+    grad_fn = jax.value_and_grad(_chunk_share(graphdef, config, totals, step, balance),
+                                 has_aux=True)
 
     def body(acc, chunk):
       return jax.tree.map(jnp.add, acc, grad_fn(params, chunk)), None

@@ -34,7 +34,9 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-ITEMS = ("params", "opt_state", "meta")
+# The train state's items (`balance`: the loss balancer's averages, with `loss.balance` on).
+STATE_ITEMS = ("params", "opt_state", "balance")
+ITEMS = STATE_ITEMS + ("meta",)
 UNREADABLE_DIR = "checkpoints_unreadable"
 
 
@@ -72,22 +74,25 @@ class Checkpointer:
 
   def save(self, step: int, state: dict[str, Any], meta: dict[str, Any], *,
            force: bool = False) -> bool:
-    """Saves `state` ({'params', 'opt_state'}) at `step` if the interval says so (or force)."""
+    """Saves `state` ({'params', 'opt_state'} and `balance` when present) at `step` if the
+    interval says so (or force)."""
+    items = {k: ocp.args.StandardSave(state[k]) for k in STATE_ITEMS if k in state}
     return self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state["params"]),
-        opt_state=ocp.args.StandardSave(state["opt_state"]),
-        meta=ocp.args.JsonSave(meta)), force=force)
+        **items, meta=ocp.args.JsonSave(meta)), force=force)
 
   def restore(self, step: int, abstract_state: dict[str, Any], shardings: dict[str, Any]
               ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restores ({'params', 'opt_state'}, meta) at `step` onto `shardings`."""
+    """Restores ({'params', 'opt_state'[, 'balance']}, meta) at `step` onto `shardings`.
+
+    A `balance` state the target asks for but the step does not hold (saved before
+    `loss.balance` was switched on) is left out of the result; the caller starts it fresh.
+    """
+    present = {p.name for p in (self.directory / str(step)).iterdir()}
+    names = [k for k in STATE_ITEMS if k in abstract_state and (k != "balance" or k in present)]
     out = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(abstract_state["params"],
-                                                  shardings["params"])),
-        opt_state=ocp.args.StandardRestore(_abstract(abstract_state["opt_state"],
-                                                     shardings["opt_state"])),
-        meta=ocp.args.JsonRestore()))
-    return {"params": out["params"], "opt_state": out["opt_state"]}, dict(out["meta"])
+        **{k: ocp.args.StandardRestore(_abstract(abstract_state[k], shardings[k]))
+           for k in names}, meta=ocp.args.JsonRestore()))
+    return {k: out[k] for k in names}, dict(out["meta"])
 
   def set_aside(self, step: int) -> epath.Path:
     """Moves a step folder out of Orbax's way, keeping it (process 0 moves it).

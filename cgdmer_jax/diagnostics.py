@@ -46,7 +46,7 @@ def group_of(names: list[str]) -> str | None:
 
 def term_gradients_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
                       ) -> Callable[..., dict[str, jax.Array]]:
-  """`(params, batch, rng, step) -> metrics` of the terms' gradients (jit it).
+  """`(params, batch, rng, step, balance=None) -> metrics` of the terms' gradients (jit it).
 
   Args:
     graphdef: from `objective.init`.
@@ -55,25 +55,26 @@ def term_gradients_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
   Returns:
     The pure function. Its metrics, float32 scalars, for every active term t, every two
     terms a, b (in `losses.TERMS` order) and every group g present in the model:
-    `grad_norm/<t>/<g>` (norm of t's weighted gradient on g) and `grad_cos/<a>~<b>/<g>`.
+    `grad_norm/<t>/<g>` (norm of t's gradient on g, weighted as the step weights it: ramp-in
+    and `balance` multipliers), `grad_cos/<a>~<b>/<g>`, and `balance/grad_norm/<t>` (the
+    norm of t's unweighted gradient on all groups together: what `balance.py` equalises).
   """
   terms = [k for k in losses.TERMS if config.loss[k] > 0]
   n = accumulate.num_chunks(config)
 
-  def fn(params, batch, rng, step):
+  def fn(params, batch, rng, step, balance=None):
     batch = {k: v for k, v in batch.items() if jnp.asarray(v).dtype.kind in "biuf"}
     if n > 1:
       batch = jax.tree.map(lambda x: x[0], accumulate.split_rows(batch, n))
     masks = masking.sample_masks(rng, batch, config)
-    scales = losses.term_scales(config, step)
+    scales = losses.term_scales(config, step, balance)
 
-    def weighted_terms(p):
+    def raw_terms(p):
       outputs = nnx.merge(graphdef, p)(batch, masks)
       _, mets = losses.total(outputs, batch, masks, config, scales)
-      return jnp.stack([scales[k] * mets[f"loss/{k}"] for k in terms])
+      return jnp.stack([mets[f"loss/{k}"] for k in terms])
 
-    values_T, vjp = jax.vjp(weighted_terms, params)
-    del values_T
+    _, vjp = jax.vjp(raw_terms, params)
     (grads,) = jax.vmap(vjp)(jnp.eye(len(terms), dtype=jnp.float32))  # leaves [T, ...]
     dots: dict[str, jax.Array] = {}
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
@@ -82,13 +83,17 @@ def term_gradients_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
         continue
       g_TxK = g.reshape(len(terms), -1).astype(jnp.float32)
       dots[group] = dots.get(group, 0.0) + g_TxK @ g_TxK.T
+    scale_T = jnp.abs(jnp.stack([jnp.asarray(scales[k], jnp.float32) for k in terms]))
     out = {}
     for group, d_TxT in dots.items():
       norm_T = jnp.sqrt(jnp.diag(d_TxT))
       for i, a in enumerate(terms):
-        out[f"grad_norm/{a}/{group}"] = norm_T[i]
+        out[f"grad_norm/{a}/{group}"] = scale_T[i] * norm_T[i]
         for j in range(i + 1, len(terms)):
           out[f"grad_cos/{a}~{terms[j]}/{group}"] = (
               d_TxT[i, j] / jnp.maximum(norm_T[i] * norm_T[j], 1e-30))
+    total_T = jnp.sqrt(sum(jnp.diag(d) for d in dots.values()))
+    for i, a in enumerate(terms):
+      out[f"balance/grad_norm/{a}"] = total_T[i]
     return out
   return fn

@@ -95,9 +95,9 @@ def disentangle_loss(shared_BxS: jax.Array, specific_BxP: jax.Array,
 TERMS = ("ecg", "text", "contrastive", "disentangle")
 
 
-def term_scales(config: ml_collections.ConfigDict, step: jax.Array | None = None
-                ) -> dict[str, jax.Array | float]:
-  """The weight of each term at `step`: `loss.<term>` times its ramp-in.
+def term_scales(config: ml_collections.ConfigDict, step: jax.Array | None = None,
+                balance: dict[str, jax.Array] | None = None) -> dict[str, jax.Array | float]:
+  """The weight of each term at `step`: `loss.<term>` times its ramp-in (times `balance`).
 
   A term's weight is 0 before `loss.ramp_start.<term>`, then rises linearly to `loss.<term>`
   over `loss.ramp_steps.<term>` steps (0: at once). Terms that compete early in training
@@ -107,10 +107,11 @@ def term_scales(config: ml_collections.ConfigDict, step: jax.Array | None = None
   Args:
     config: full config (`loss.*`).
     step: the optimizer step (int32 scalar, traced under jit); None: the full weights (eval).
+    balance: per-term multipliers (`balance.multipliers`, `loss.balance`), or None.
 
   Returns:
-    {term: weight} for the four terms; Python floats where no ramp applies, so a config
-    without ramps compiles to exactly the static-weight program.
+    {term: weight} for the four terms; Python floats where no ramp or balance applies, so a
+    config without them compiles to exactly the static-weight program.
   """
   w = config.loss
   starts, ramps = w.get("ramp_start", {}), w.get("ramp_steps", {})
@@ -123,6 +124,8 @@ def term_scales(config: ml_collections.ConfigDict, step: jax.Array | None = None
     t = jnp.asarray(step, jnp.float32) - start
     frac = jnp.clip((t + 1.0) / ramp, 0.0, 1.0) if ramp > 0 else (t >= 0).astype(jnp.float32)
     out[k] = w[k] * frac
+  if balance:
+    out = {k: v * balance[k] if k in balance else v for k, v in out.items()}
   return out
 
 

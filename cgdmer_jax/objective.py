@@ -45,7 +45,8 @@ def abstract_init(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, Para
 
 
 def loss_fn(params: Params, graphdef: nnx.GraphDef, batch: dict, rng: jax.Array,
-            config: ml_collections.ConfigDict, step: jax.Array | None = None
+            config: ml_collections.ConfigDict, step: jax.Array | None = None,
+            balance: dict[str, jax.Array] | None = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Samples the masks, runs the model and returns the weighted loss. Pure; jit it.
 
@@ -57,17 +58,19 @@ def loss_fn(params: Params, graphdef: nnx.GraphDef, batch: dict, rng: jax.Array,
     config: full config.
     step: the optimizer step, for the terms' ramp-in (`losses.term_scales`); None: the
       full weights.
+    balance: the terms' multipliers (`balance.multipliers`), or None.
 
   Returns:
     (loss, metrics of float32 scalars; see `losses.total`). The whole batch at once: the
     trainer's chunked form of the same loss is `accumulate.py`.
   """
   masks = masking.sample_masks(rng, batch, config)
-  return forward_loss(params, graphdef, batch, masks, config, step)
+  return forward_loss(params, graphdef, batch, masks, config, step, balance)
 
 
 def forward_loss(params: Params, graphdef: nnx.GraphDef, batch: dict, masks: dict,
-                 config: ml_collections.ConfigDict, step: jax.Array | None = None
+                 config: ml_collections.ConfigDict, step: jax.Array | None = None,
+                 balance: dict[str, jax.Array] | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`loss_fn` with the masks given (`masking.sample_masks`), e.g. for one chunk of a batch.
 
@@ -78,12 +81,13 @@ def forward_loss(params: Params, graphdef: nnx.GraphDef, batch: dict, masks: dic
     masks: the masks of these rows.
     config: full config.
     step: as in `loss_fn`.
+    balance: as in `loss_fn`.
 
   Returns:
     (loss, metrics), as `losses.total`.
   """
   outputs = nnx.merge(graphdef, params)(batch, masks)
-  return losses.total(outputs, batch, masks, config, losses.term_scales(config, step))
+  return losses.total(outputs, batch, masks, config, losses.term_scales(config, step, balance))
 
 
 def encode_ecg_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict

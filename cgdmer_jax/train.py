@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import pathlib
@@ -26,6 +25,7 @@ import numpy as np
 import optax
 
 from cgdmer_jax import accumulate
+from cgdmer_jax import balance
 from cgdmer_jax import checkpointing
 from cgdmer_jax import config_checks
 from cgdmer_jax import diagnostics
@@ -36,6 +36,7 @@ from cgdmer_jax import optim
 from cgdmer_jax import prefetch
 from cgdmer_jax import sharding
 from cgdmer_jax import pretrained_text
+from cgdmer_jax import validation
 from cgdmer_jax.models import bert_tower
 from cgdmer_jax import workdir_lock
 
@@ -103,20 +104,14 @@ def train_stream(config, start_step: int, damage_log=None) -> Iterator[dict[str,
       on_corrupt=config.data.get("on_corrupt", "error"), damage_log=damage_log)
 
 
-def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
-  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
-  return reader.eval_batches(config.data.dir, split=split,
-                             global_batch_size=config.data.eval_batch_size,
-                             on_corrupt=config.data.get("on_corrupt", "error"))
-
-
 # ---------------------------------------------------------------------------------------------
 # The step.
 
 
 def make_train_step(graphdef, config, tx: optax.GradientTransformation,
                     schedule: optax.Schedule) -> Callable:
-  """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}.
+  """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}
+  (and `balance`, the terms' gradient-norm averages, with `loss.balance` on).
 
   Loss and gradients come from `accumulate.loss_and_grads_fn` (the whole batch at once, or
   exactly accumulated over `model.batch_chunks * optim.grad_accum_steps` chunks).
@@ -126,39 +121,20 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base_key, state["step"])
-    (loss, mets), grads = loss_and_grads(state["params"], batch, rng, state["step"])
+    mult = balance.multipliers(state["balance"], config) if "balance" in state else None
+    (loss, mets), grads = loss_and_grads(state["params"], batch, rng, state["step"], mult)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     mets = dict(mets)
     mets["loss"] = loss
     mets["grad_norm"] = optax.tree.norm(grads)
     mets["lr"] = schedule(state["step"])
-    for k, v in losses.term_scales(config, state["step"]).items():
-      if not isinstance(v, float):  # a term on a ramp-in schedule: log where it is
+    for k, v in losses.term_scales(config, state["step"], mult).items():
+      if not isinstance(v, float):  # a term on a ramp-in schedule or balanced: its weight
         mets[f"weight/{k}"] = v
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, mets
+    return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), mets
 
   return train_step
-
-
-def make_eval_step(graphdef, config) -> Callable:
-  """`(params, batch) -> metrics` with a fixed masking RNG, so evals are comparable.
-
-  The metrics are the batch's means over its valid rows, plus `rows`, the count of those
-  (batch `mask`), by which `evaluate_loss` weights the batch.
-  """
-  # A fixed masking key for every eval, distinct from the training stream (steps >= 0).
-  key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  loss_fn = accumulate.loss_fn(graphdef, config)
-
-  def eval_step(params, batch):
-    loss, mets = loss_fn(params, batch, key)
-    mets = dict(mets)
-    mets["loss"] = loss
-    rows_ok = batch.get("mask", jnp.ones(batch["ecg"].shape[:1], bool))
-    mets["rows"] = jnp.sum(rows_ok.astype(jnp.float32))
-    return mets
-  return eval_step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,13 +164,19 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
   abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
                     "opt_state": jax.eval_shape(tx.init, abstract_params)}
+  if balance.enabled(config):
+    abstract_state["balance"] = jax.eval_shape(lambda: balance.init_state(config))
   shardings = sharding.state_shardings(abstract_state, mesh)
   shardings["step"] = sharding.replicated(mesh)
+  if "balance" in abstract_state:
+    shardings["balance"] = jax.tree.map(lambda _: sharding.replicated(mesh),
+                                        abstract_state["balance"])
 
   @functools.partial(jax.jit, out_shardings=shardings)
   def init_state():
     params = init_params()
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    return dict(state, balance=balance.init_state(config)) if balance.enabled(config) else state
 
   batch_sh = sharding.batch_sharding(mesh)
   step = jax.jit(make_train_step(graphdef, config, tx, schedule),
@@ -207,45 +189,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def params_digest(params) -> str:
-  """SHA-256 of this process's first local copy of every parameter.
-
-  Logged by every process at the end of a run: with replicated parameters (mesh.fsdp = 1)
-  all processes must print the same digest; a difference means the replicas diverged.
-  """
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(params):
-    h.update(np.ascontiguousarray(np.asarray(leaf.addressable_data(0))).tobytes())
-  return h.hexdigest()
-
-
-def _fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
-  return {k: float(np.asarray(v)) for k, v in jax.device_get(mets).items()}
-
-
-def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, float]:
-  """Loss terms over a split: each batch's means weighted by its valid rows.
-
-  Padding rows (batch `mask` False) count in no batch mean, and a padded last batch (or a
-  batch of padding only, on a process with fewer files) counts in proportion to the valid
-  rows it holds, not as much as a full one.
-
-  Returns:
-    {'val/<metric>': value} for every metric of `eval_step` except its row count.
-  """
-  sums: dict[str, float] = {}
-  rows = 0.0
-  for i, local in enumerate(eval_stream(config, split)):
-    if config.eval_steps and i >= config.eval_steps:
-      break
-    mets = _fetch(eval_step(params, sharding.global_batch(local, mesh)))
-    n = mets.pop("rows")
-    for k, v in mets.items():
-      sums[k] = sums.get(k, 0.0) + v * n
-    rows += n
-  return {f"val/{k}": v / max(rows, 1.0) for k, v in sums.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +224,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
   resumed = checkpointing.initial_state(ckpt, config, s.abstract_state, s.state_shardings,
                                         s.init_state)
   state = resumed.state
+  if "balance" in s.abstract_state and "balance" not in state:  # saved without loss.balance
+    logging.warning("the checkpoint has no loss.balance state: the balancer starts afresh")
+    state["balance"] = jax.device_put(balance.init_state(config), s.state_shardings["balance"])
   if resumed.source == "scratch" and bert_tower.settings(config.model).get("init_from"):
     state["params"] = pretrained_text.load_pretrained(state["params"], config)
     logging.info("report tower initialised from %s", config.model.text.init_from)
@@ -289,9 +235,12 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
   logging.info("starting at step %d (%s); mesh %s; %d devices, %d processes", step,
                resumed.source, dict(mesh.shape), mesh.size, jax.process_count())
 
-  eval_step = jax.jit(make_eval_step(s.graphdef, config))
+  eval_step = jax.jit(validation.make_eval_step(s.graphdef, config))
   diag_every = int(config.get("diagnostics", {}).get("every_steps", 0) or 0)
-  diag_fn = jax.jit(diagnostics.term_gradients_fn(s.graphdef, config)) if diag_every else None
+  bal_every = balance.every_steps(config) if "balance" in state else 0
+  diag_fn = (jax.jit(diagnostics.term_gradients_fn(s.graphdef, config))
+             if diag_every or bal_every else None)
+  bal_update = jax.jit(functools.partial(balance.update, config=config))
   diag_key = jax.random.key(config.seed)  # the train step's own key: fold_in(key, step)
   scorer = keeper = None
   if config.get("best") and config.best.zero_shot_task:
@@ -318,7 +267,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
       return
     p_step, p_mets = pending
     pending = None
-    fetched = _fetch(p_mets)
+    fetched = validation.fetch(p_mets)
     if not math.isfinite(fetched["loss"]):
       raise NonFiniteLossError(
           f"loss is {fetched['loss']} at step {p_step} ({fetched}); the run stops here. The "
@@ -341,10 +290,16 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
                                          config.data.get("prefetch", 2))
       while step < stop_at:
         batch = next(batches)
-        if diag_fn is not None and (step + 1) % diag_every == 0:
+        log_diag = diag_every and (step + 1) % diag_every == 0
+        if log_diag or (bal_every and step % bal_every == 0):
           # The gradients this very step is about to take, term by term.
-          window.add_once(_fetch(diag_fn(state["params"], batch,
-                                         jax.random.fold_in(diag_key, step), step)))
+          mult = balance.multipliers(state["balance"], config) if bal_every else None
+          diag = diag_fn(state["params"], batch, jax.random.fold_in(diag_key, step), step, mult)
+          if bal_every and step % bal_every == 0:
+            state["balance"] = bal_update(state["balance"], {
+                k: diag[balance.GNORM_PREFIX + k] for k in balance.active_terms(config)})
+          if log_diag:
+            window.add_once(validation.fetch(diag))
         state, mets = s.train_step(state, batch)
         step += 1
         steps_window += 1
@@ -366,7 +321,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
           save(step, force=step == stop_at)
         if config.eval_every_steps and (step % config.eval_every_steps == 0
                                         or step == config.total_steps):
-          val = evaluate_loss(state["params"], eval_step, config, mesh, config.data.val_split)
+          val = validation.evaluate_loss(state["params"], eval_step, config, mesh,
+                                         config.data.val_split)
           if scorer is not None:
             val["val/zero_shot_auc"] = scorer(state["params"])
             if keeper.update(step, val["val/zero_shot_auc"], state["params"]):
@@ -380,7 +336,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
           break
       flush()
       logging.info("process %d/%d ends at step %d; params digest %s", jax.process_index(),
-                   jax.process_count(), step, params_digest(state["params"]))
+                   jax.process_count(), step, validation.params_digest(state["params"]))
   except shard_scan.DamagedShardError:  # (train or val input) keep every finished step
     if step > resumed.step and step != ckpt.latest_step():
       save(step, force=True)

@@ -81,6 +81,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.ramp_start = ml_collections.ConfigDict(
       {k: 0 for k in ("ecg", "text", "contrastive", "disentangle")})
   config.loss.ramp_steps = ml_collections.ConfigDict({k: 0 for k in config.loss.ramp_start})
+  # Per-term gradient balancing (cgdmer_jax/balance.py): 'grad_norm' multiplies each term so
+  # its gradient on the parameters the terms share has the geometric mean of their norms
+  # (measured every balance_every_steps steps on the step's batch, EMA decay balance_decay,
+  # multipliers within [1/balance_max, balance_max]); 'none': the static weights.
+  config.loss.balance = "none"
+  config.loss.balance_every_steps = 10
+  config.loss.balance_decay = 0.7
+  config.loss.balance_max = 1e4
   # SigLIP on the global batch: 'all_gather' (XLA gathers the report embeddings, each device
   # holds a [B/devices, B] logits block; simplest, fine up to a few thousand) or 'chunked'
   # (a ring of ppermutes, one [B/devices, B/devices] block at a time: for global batches of

@@ -25,7 +25,8 @@ TASKS = ["ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   return quickstart.run(tmp_path_factory.mktemp("quickstart"), conftest.EMBEDDED,
-                        pretrain.get_config("size=tiny"), steps=10, probe_epochs=3)
+                        pretrain.get_config("size=tiny"), steps=10, probe_epochs=3,
+                        fractions=(0.01, 0.1, 1.0))
 
 
 def test_quickstart_produces_table_plots_and_export(quick):
@@ -38,6 +39,14 @@ def test_quickstart_produces_table_plots_and_export(quick):
   assert "| pretrain | linear probe 1% merl concat | – |" in summary
   assert "can be trained" in summary
   assert "Paired difference pretrain − random_init(seed=0)" in summary
+  # The headline: the three PTB-XL super cells of both models and their paired difference.
+  head = quickstart.headline(quick["eval"]).splitlines()
+  assert head[0] == "| ptbxl_super | pretrain | random_init(seed=0) | pretrain − random init |"
+  assert [h.split(" | ")[0] for h in head[2:]] == [f"| {m}" for m in quickstart.HEADLINE]
+  res_cells = json.loads((quick["eval"] / "summary.json").read_text())[0]["tasks"]
+  zs_auc = res_cells["ptbxl_super"]["zero-shot"]["auc"]
+  assert head[2].split(" | ")[1].startswith(f"{100 * zs_auc:.1f} (")
+  assert " to " in head[2].split(" | ")[3]  # a paired interval, not a dash
   names = {os.path.basename(p) for p in quick["plots"]}
   for task in TASKS[:4]:
     assert f"{task}_per_class_auc.png" in names, names

@@ -12,6 +12,7 @@ from cgdmer_jax import config_checks
 from cgdmer_jax import overrides as overrides_lib
 from cgdmer_jax import sharding
 from cgdmer_jax import train
+from cgdmer_jax import validation
 from configs import pretrain
 from tests import conftest
 
@@ -210,12 +211,12 @@ def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
   train.apply_dataset_info(config, reader.load_info(config.data.dir))
   mesh = sharding.make_mesh(config)
   s = train.setup(config, mesh)
-  eval_step = jax.jit(train.make_eval_step(s.graphdef, config))
+  eval_step = jax.jit(validation.make_eval_step(s.graphdef, config))
   with jax.set_mesh(mesh):
     params = s.init_state()["params"]
-    got = train.evaluate_loss(params, eval_step, config, mesh, "val")["val/loss"]
+    got = validation.evaluate_loss(params, eval_step, config, mesh, "val")["val/loss"]
     losses, rows = [], []
-    for local in train.eval_stream(config, "val"):
+    for local in validation.eval_stream(config, "val"):
       losses.append(float(eval_step(params, sharding.global_batch(local, mesh))["loss"]))
       rows.append(int(local["mask"].sum()))
   assert len(set(rows)) > 1, rows  # a padded last batch, or the test shows nothing

@@ -1,0 +1,84 @@
+"""The trainer's validation pass and run fingerprints: val loss terms over a split.
+
+`make_eval_step` fixes the masking key so every eval sees the same masks; `evaluate_loss`
+weights each batch's means by its valid rows. `params_digest` is what every process logs at
+the end of a run (replicas that diverged print different digests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cgdmer_jax import accumulate
+from cgdmer_jax import sharding
+
+
+def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
+  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  return reader.eval_batches(config.data.dir, split=split,
+                             global_batch_size=config.data.eval_batch_size,
+                             on_corrupt=config.data.get("on_corrupt", "error"))
+
+
+def make_eval_step(graphdef, config) -> Callable:
+  """`(params, batch) -> metrics` with a fixed masking RNG, so evals are comparable.
+
+  The metrics are the batch's means over its valid rows, plus `rows`, the count of those
+  (batch `mask`), by which `evaluate_loss` weights the batch.
+  """
+  # A fixed masking key for every eval, distinct from the training stream (steps >= 0).
+  key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
+  loss_fn = accumulate.loss_fn(graphdef, config)
+
+  def eval_step(params, batch):
+    loss, mets = loss_fn(params, batch, key)
+    mets = dict(mets)
+    mets["loss"] = loss
+    rows_ok = batch.get("mask", jnp.ones(batch["ecg"].shape[:1], bool))
+    mets["rows"] = jnp.sum(rows_ok.astype(jnp.float32))
+    return mets
+  return eval_step
+
+
+def params_digest(params) -> str:
+  """SHA-256 of this process's first local copy of every parameter.
+
+  Logged by every process at the end of a run: with replicated parameters (mesh.fsdp = 1)
+  all processes must print the same digest; a difference means the replicas diverged.
+  """
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(np.asarray(leaf.addressable_data(0))).tobytes())
+  return h.hexdigest()
+
+
+def fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(mets).items()}
+
+
+def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, float]:
+  """Loss terms over a split: each batch's means weighted by its valid rows.
+
+  Padding rows (batch `mask` False) count in no batch mean, and a padded last batch (or a
+  batch of padding only, on a process with fewer files) counts in proportion to the valid
+  rows it holds, not as much as a full one.
+
+  Returns:
+    {'val/<metric>': value} for every metric of `eval_step` except its row count.
+  """
+  sums: dict[str, float] = {}
+  rows = 0.0
+  for i, local in enumerate(eval_stream(config, split)):
+    if config.eval_steps and i >= config.eval_steps:
+      break
+    mets = fetch(eval_step(params, sharding.global_batch(local, mesh)))
+    n = mets.pop("rows")
+    for k, v in mets.items():
+      sums[k] = sums.get(k, 0.0) + v * n
+    rows += n
+  return {f"val/{k}": v / max(rows, 1.0) for k, v in sums.items()}
