@@ -84,8 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Per-term gradient balancing (cgdmer_jax/balance.py): 'grad_norm' multiplies each term so
   # its gradient on the parameters the terms share has the geometric mean of their norms
   # (measured every balance_every_steps steps on the step's batch, EMA decay balance_decay,
-  # multipliers within [1/balance_max, balance_max]); 'none': the static weights.
-  config.loss.balance = "none"
+  # multipliers within [1/balance_max, balance_max]); the loss.<term> weights are then the
+  # terms' priorities. 'none': the static weights (the masked-ECG term then barely trains
+  # the encoder: docs/MODEL.md, "Why the terms compete").
+  config.loss.balance = "grad_norm"
   config.loss.balance_every_steps = 10
   config.loss.balance_decay = 0.7
   config.loss.balance_max = 1e4

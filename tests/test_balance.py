@@ -72,7 +72,7 @@ def test_switched_off_terms_are_not_balanced():
 
 def test_measured_weights_equalise_the_terms_gradients(ptbxl_tfrecords):
   # The chain the trainer runs: diagnostics measure G_t, the update sets the multipliers,
-  # and the weighted gradients on the shared parameters then have one norm.
+  # and the weighted gradients on the shared parameters are then loss.<t> times one norm.
   config = test_train.tiny_config(ptbxl_tfrecords, **{"loss.balance": "grad_norm"})
   batch = test_diagnostics._batch(config)
   graphdef, params = objective.init(config, 0)
@@ -85,7 +85,7 @@ def test_measured_weights_equalise_the_terms_gradients(ptbxl_tfrecords):
   weighted = diag(params, batch, rng, step, lam)
   norms = [math.sqrt(sum(float(weighted[f"grad_norm/{k}/{grp}"]) ** 2
                          for grp in diagnostics.GROUPS if f"grad_norm/{k}/{grp}" in weighted))
-           for k in losses.TERMS]
+           / config.loss[k] for k in losses.TERMS]
   np.testing.assert_allclose(norms, norms[0], rtol=1e-3)
   # And the step's loss uses the same multipliers.
   _, m = objective.loss_fn(params, graphdef, batch, rng, config, step)

@@ -31,19 +31,23 @@ PROBE_FEATURES = ("shared", "specific", "concat")
 
 # The ablation variants of the paper's ablation table (`configs/pretrain.py:variant=...`).
 # Each sets the loss weights (0 switches a term off and the model skips the branch that only
-# that term needs) and whether the ECG and the report are masked at all.
+# that term needs) and whether the ECG and the report are masked at all. With the default
+# `loss.balance='grad_norm'` (balance.py) the weights of a variant with two or more terms are
+# priorities: each term's gradient on the shared parameters gets its weight times the terms'
+# geometric-mean norm, so SigLIP (4) keeps two thirds of the full model's pull and the masked
+# ECG and report terms one sixth each (docs/MODEL.md, "Why the terms compete").
 VARIANTS = {
     # SigLIP between (unmasked) ECG and report only.
     "contrastive": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
                         mask_ecg=False, mask_text=False),
     # + spatial-temporal masked ECG modelling.
-    "ecg_mask": dict(ecg=1.0, text=0.0, contrastive=1.0, disentangle=0.0,
+    "ecg_mask": dict(ecg=1.0, text=0.0, contrastive=4.0, disentangle=0.0,
                      mask_ecg=True, mask_text=False),
     # + masked report reconstruction.
-    "text_mask": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=0.0,
+    "text_mask": dict(ecg=1.0, text=1.0, contrastive=4.0, disentangle=0.0,
                       mask_ecg=True, mask_text=True),
     # + disentanglement: full CG-DMER.
-    "full": dict(ecg=1.0, text=1.0, contrastive=1.0, disentangle=1.0,
+    "full": dict(ecg=1.0, text=1.0, contrastive=4.0, disentangle=0.5,
                  mask_ecg=True, mask_text=True),
     # Masked ECG modelling alone (no report): the ST-MEM-matched throughput comparison.
     "ecg_mask_only": dict(ecg=1.0, text=0.0, contrastive=0.0, disentangle=0.0,
