@@ -59,8 +59,9 @@ _FEATURES = flags.DEFINE_list("features", ["shared", "specific", "concat"], "Pro
 _CSN_LABELS = flags.DEFINE_list("csn_labels", ["merl"], "Readings of the CSN labels for the "
                                 "csn task: 'merl' (the table's columns, as published), "
                                 "'exact' (diagnosis tokens); both: merl,exact.")
-_COMPARE = flags.DEFINE_list("compare", None, "Two model names A,B: paired bootstrap interval "
-                             "of A - B (default: first model vs random init).")
+_COMPARE = flags.DEFINE_list("compare", None, "Model names A,B[,C,D...]: paired bootstrap "
+                             "interval of A - B (and C - D, ...; default: first model vs "
+                             "random init).")
 _RESAMPLES = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per interval.")
 _EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "MERL probe epochs (MERL: 100).")
 _PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "MERL probe learning rate (Adam; MERL: 1e-3).")
@@ -73,6 +74,13 @@ _C_GRID = flags.DEFINE_list("logreg_c", ["0.001", "0.01", "0.1", "1", "10"],
 _BATCH = flags.DEFINE_integer("batch_size", 64, "ECGs per encoder call.")
 _STEP = flags.DEFINE_string("step", "latest", "Checkpoint of training workdirs: 'latest', a "
                             "step number, or 'best' (kept by zero-shot model selection).")
+
+
+def compare_pairs(names: list[str]) -> list[tuple[str, str]]:
+  """`--compare` A,B,C,D -> [(A, B), (C, D)]; an odd or empty list is refused."""
+  if not names or len(names) % 2:
+    raise ValueError(f"--compare takes pairs of model names A,B[,C,D...], got {names}")
+  return list(zip(names[::2], names[1::2]))
 
 
 def main(argv) -> int:
@@ -92,11 +100,7 @@ def main(argv) -> int:
                                       lr_drop_at=_LR_DROP.value or None),
         logreg=logreg_probe.LogRegConfig(c_grid=tuple(float(c) for c in _C_GRID.value)),
         resamples=_RESAMPLES.value)
-    compare = None
-    if _COMPARE.value is not None:
-      if len(_COMPARE.value) != 2:
-        raise ValueError(f"--compare takes two model names A,B, got {_COMPARE.value}")
-      compare = [tuple(_COMPARE.value)]
+    compare = None if _COMPARE.value is None else compare_pairs(_COMPARE.value)
     results = runner.evaluate_models(
         _WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
         task_names=runner.expand_csn(_TASKS.value, _CSN_LABELS.value), fractions=fractions,
