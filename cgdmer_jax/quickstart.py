@@ -141,8 +141,9 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   plots = sorted(str(p) for p in eval_dir.rglob("*.png"))
   print(f"results: {eval_dir}/summary.md and {eval_dir}/<model>/results.json")
   print(f"plots:   {len(plots)} PNG files under {eval_dir}/<model>/plots/")
+  records = sample / "csn" if (sample / "csn").is_dir() else sample / "ptbxl" / "records100"
   print(f"export:  {export_dir}  (try: python -m cgdmer_jax.embed --model={export_dir} "
-        f"--input={sample}/csn --out={workdir}/csn_embeddings.npy)")
+        f"--input={records} --out={workdir}/embeddings.npy)")
   print(f"done in {time.perf_counter() - t0:.0f} s")
   return {"data": data_dir, "pretrain": run_dir, "eval": eval_dir, "export": export_dir,
           "results": results, "plots": plots}

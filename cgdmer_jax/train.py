@@ -127,6 +127,10 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
     params = optax.apply_updates(state["params"], updates)
     mets = dict(mets)
     mets["loss"] = loss
+    if mult is not None:  # `loss` stays comparable over steps: the terms at their set weights
+      mets["loss/objective"] = loss
+      mets["loss"] = sum(w * mets[f"loss/{k}"] for k, w in
+                         losses.term_scales(config, state["step"]).items() if f"loss/{k}" in mets)
     mets["grad_norm"] = optax.tree.norm(grads)
     mets["lr"] = schedule(state["step"])
     for k, v in losses.term_scales(config, state["step"], mult).items():

@@ -107,6 +107,13 @@ def test_balanced_run_logs_weights_and_resumes_exactly(tmp_path, ptbxl_tfrecords
   logged = [r for r in rows if "weight/ecg" in r]
   assert logged and all(np.isfinite(r[f"weight/{k}"]) and r[f"weight/{k}"] > 0
                         for r in logged for k in losses.TERMS)
+  # `loss` is the terms at their set weights (comparable over steps); the balanced objective
+  # the step differentiates is `loss/objective`.
+  config = test_train.tiny_config(ptbxl_tfrecords)
+  for r in rows:
+    assert r["loss"] == pytest.approx(sum(config.loss[k] * r[f"loss/{k}"] for k in losses.TERMS),
+                                      rel=1e-4)
+  assert any(abs(r["loss/objective"] - r["loss"]) > 1e-3 * r["loss"] for r in rows)
   # Not the static weights: the terms' gradients differ, so the multipliers do.
   assert len({round(logged[-1][f"weight/{k}"], 6) for k in losses.TERMS}) > 1
   pa, _ = test_train.params_of(straight, test_train.tiny_config(ptbxl_tfrecords, **over))
