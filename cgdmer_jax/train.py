@@ -244,7 +244,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
   bal_every = balance.every_steps(config) if "balance" in state else 0
   diag_fn = (jax.jit(diagnostics.term_gradients_fn(s.graphdef, config))
              if diag_every or bal_every else None)
-  bal_update = jax.jit(functools.partial(balance.update, config=config))
+  bal_update = jax.jit(functools.partial(balance.update, config=config),
+                       out_shardings=s.state_shardings.get("balance"))
   diag_key = jax.random.key(config.seed)  # the train step's own key: fold_in(key, step)
   scorer = keeper = None
   if config.get("best") and config.best.zero_shot_task:
