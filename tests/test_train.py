@@ -93,7 +93,10 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
   config = tiny_config(ptbxl_tfrecords, eval_every_steps=40,
                        **{"best.zero_shot_task": "ptbxl_super",
                           "best.data_root": str(conftest.EMBEDDED),
-                          "diagnostics.every_steps": 20, "loss.ramp_steps.disentangle": 20})
+                          "diagnostics.every_steps": 20, "loss.ramp_steps.disentangle": 20,
+                          # The static weights, so the logged weight is the ramp's alone
+                          # (balanced runs: tests/test_balance.py).
+                          "loss.balance": "none"})
   out = train.train_and_evaluate(config, str(workdir))
   rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert rows[0]["step"] == 5 and rows[-1]["step"] == 40
