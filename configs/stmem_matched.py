@@ -7,7 +7,7 @@ Config arg keys (after `:`): size (tiny|small|base: ST-MEM encoder widths 192/12
 384/12/6, 768/12/12; ST-MEM has no tiny, the peer harness defines it), batch (default 32).
 Side by side with ST-MEM's own step: `python -m cgdmer_jax.stmem_compare` (same sizes).
 
-Matched to `/work/shared/peers/st_mem_throughput.py` (ST-MEM's own pretraining step): 2250
+Matched to the shared peer harness `peers/st_mem_throughput.py` (ST-MEM's own pretraining step): 2250
 samples (250 Hz x 9 s), patch 75 (30 patches per lead, 360 tokens), token masking only at
 0.75 (90 visible tokens; ST-MEM keeps int(30 * 0.25) = 7 per lead = 84, plus 24 SEP tokens:
 108 encoder tokens), decoder 256 wide x 4 blocks x 4 heads, per-patch normalised target,
