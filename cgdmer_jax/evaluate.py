@@ -76,13 +76,6 @@ _STEP = flags.DEFINE_string("step", "latest", "Checkpoint of training workdirs: 
                             "step number, or 'best' (kept by zero-shot model selection).")
 
 
-def compare_pairs(names: list[str]) -> list[tuple[str, str]]:
-  """`--compare` A,B,C,D -> [(A, B), (C, D)]; an odd or empty list is refused."""
-  if not names or len(names) % 2:
-    raise ValueError(f"--compare takes pairs of model names A,B[,C,D...], got {names}")
-  return list(zip(names[::2], names[1::2]))
-
-
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,7 +93,7 @@ def main(argv) -> int:
                                       lr_drop_at=_LR_DROP.value or None),
         logreg=logreg_probe.LogRegConfig(c_grid=tuple(float(c) for c in _C_GRID.value)),
         resamples=_RESAMPLES.value)
-    compare = None if _COMPARE.value is None else compare_pairs(_COMPARE.value)
+    compare = None if _COMPARE.value is None else runner.compare_pairs(_COMPARE.value)
     results = runner.evaluate_models(
         _WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,
         task_names=runner.expand_csn(_TASKS.value, _CSN_LABELS.value), fractions=fractions,

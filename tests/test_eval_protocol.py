@@ -210,9 +210,8 @@ def test_csn_exact_labels_embedded(embedded_data):
 
 
 def test_compare_flag_takes_pairs():
-  from cgdmer_jax import evaluate
-  assert evaluate.compare_pairs(["A", "B"]) == [("A", "B")]
-  assert evaluate.compare_pairs(["A", "B", "A", "C"]) == [("A", "B"), ("A", "C")]
+  assert runner.compare_pairs(["A", "B"]) == [("A", "B")]
+  assert runner.compare_pairs(["A", "B", "A", "C"]) == [("A", "B"), ("A", "C")]
   for bad in ([], ["A"], ["A", "B", "C"]):
     with pytest.raises(ValueError, match="pairs of model names"):
-      evaluate.compare_pairs(bad)
+      runner.compare_pairs(bad)

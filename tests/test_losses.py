@@ -100,7 +100,8 @@ def test_total_switches_terms():
               if config.loss[k] > 0}
     assert set(metrics) & keys == active, variant
     assert ("siglip/temperature" in metrics) == (config.loss.contrastive > 0)
-    np.testing.assert_allclose(loss, sum(float(metrics[k]) for k in active), rtol=1e-6)
+    np.testing.assert_allclose(
+        loss, sum(config.loss[k.split("/")[1]] * float(metrics[k]) for k in active), rtol=1e-6)
   # Weights scale their term.
   config = pretrain.get_config("variant=full")
   config.loss.text = 2.0

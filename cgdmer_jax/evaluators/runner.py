@@ -64,6 +64,13 @@ class Protocol:
     return self
 
 
+def compare_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """`--compare` A,B,C,D -> [(A, B), (C, D)]; an odd or empty list is refused."""
+  if not names or len(names) % 2:
+    raise ValueError(f"--compare takes pairs of model names A,B[,C,D...], got {list(names)}")
+  return list(zip(names[::2], names[1::2]))
+
+
 def expand_csn(task_names: Sequence[str], readings: Sequence[str]) -> list[str]:
   """Replaces the `csn` task by one task per CSN label reading ('merl' -> csn, 'exact' ->
   csn_exact), in place."""
