@@ -46,23 +46,20 @@ _PROBE_EPOCHS = flags.DEFINE_integer("probe_epochs", 50, "Linear-probe epochs.")
 HEADLINE_TASK = "ptbxl_super"
 HEADLINE = ("zero-shot", "linear probe 10% logreg concat", "linear probe 100% logreg concat")
 TASKS = ("ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "csn")
-SAMPLE_FOLDERS = {"cpsc2018": "cpsc2018", "csn": "csn"}
+OPTIONAL_TASKS = ("cpsc2018", "csn")  # evaluated when the sample has the folder of that name
 
 
 def headline(eval_dir: pathlib.Path) -> str:
   """The headline cells of an evaluation folder: pretrained, random init, paired difference."""
+  from cgdmer_jax.evaluators import report  # pylint: disable=g-import-not-at-top
   rows = {r["model"]: r for r in json.loads((eval_dir / "summary.json").read_text())}
   diffs = json.loads((eval_dir / "comparisons.json").read_text())
   diff = diffs[0]["tasks"].get(HEADLINE_TASK, {}) if diffs else {}
-  fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"
   out = [f"| {HEADLINE_TASK} | " + " | ".join(rows) + " | pretrain − random init |",
          "|---|" + "---|" * (len(rows) + 1)]
   for metric in HEADLINE:
-    cells = []
-    for r in rows.values():
-      c = r["tasks"].get(HEADLINE_TASK, {}).get(metric, {})
-      iv = c.get("interval")
-      cells.append(fmt(c.get("auc")) + (f" ({fmt(iv[0])}–{fmt(iv[1])})" if iv else ""))
+    cells = [report.cell_text(r["tasks"].get(HEADLINE_TASK, {}).get(metric, {"auc": None}))
+             for r in rows.values()]
     d = diff.get(metric)
     cells.append("–" if d is None else f"{100 * d['difference']:+.1f} "
                  f"({100 * d['interval'][0]:+.1f} to {100 * d['interval'][1]:+.1f})")
@@ -125,7 +122,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   eval_dir = run_dir / "eval"
   protocol = protocol or runner.Protocol()
   protocol = dataclasses.replace(protocol, merl=linear_probe.ProbeConfig(epochs=probe_epochs))
-  tasks = [t for t in TASKS if t not in SAMPLE_FOLDERS or (sample / SAMPLE_FOLDERS[t]).is_dir()]
+  tasks = [t for t in TASKS if t not in OPTIONAL_TASKS or (sample / t).is_dir()]
   results = runner.evaluate_models([str(run_dir)], random_init=True, task_names=tasks,
                                    fractions=list(fractions), data_root=sample, out=eval_dir,
                                    protocol=protocol)

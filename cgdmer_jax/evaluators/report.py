@@ -38,7 +38,8 @@ def _metric_order(all_results) -> list[str]:
   return list(dict.fromkeys(labels, None))
 
 
-def _cell_text(cell: dict | None) -> str:
+def cell_text(cell: dict | None) -> str:
+  """One table cell: `AUC (low–high)` x 100, `–` without a number, `n/a` when absent."""
   if cell is None:
     return "n/a"
   if cell.get("auc") is None:
@@ -65,7 +66,7 @@ def markdown(all_results: Sequence[dict]) -> str:
         cell = dict(cells_of(e)).get(metric)
         if cell is None and e.get("reason"):
           cell = {"auc": None, "reason": e["reason"]}
-        row.append(_cell_text(cell))
+        row.append(cell_text(cell))
         if cell is not None and cell.get("auc") is None:
           reasons.setdefault(cell.get("reason", "no number"), []).append(
               f"{r['model']} {t} {metric}")
