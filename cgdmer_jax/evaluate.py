@@ -4,7 +4,7 @@ r"""Evaluates pretrained encoders on the MERL benchmark: zero-shot and linear pr
       --tasks=ptbxl_super,ptbxl_sub,ptbxl_form,ptbxl_rhythm,cpsc2018,csn \
       --fractions=1,10,100 --data_root=DATA [--split=test|val] [--probe=merl,logreg] \
       [--features=shared,specific,concat] [--csn_labels=merl,exact] [--compare=A,B] \
-      [--tables_root=DIR] [--out=DIR]
+      [--group=NAME=A+B+C ...] [--tables_root=DIR] [--out=DIR]
 
 Each `--workdir` entry is a training workdir or an export folder; `--random_init` adds the
 same architecture with random weights (the baseline a pretrained encoder must beat); the
@@ -14,7 +14,9 @@ ablation variants are evaluated by listing their workdirs. The data root holds `
 
 `--split=val` reports val and never reads test (for recipe decisions). Every macro AUC comes
 with a 95 % bootstrap interval; `--compare=A,B` (default: the first model against the
-random-init baseline) adds the paired interval of A - B. See docs/EVALUATION.md.
+random-init baseline) adds the paired interval of A - B. `--group=NAME=A+B+C` (repeatable)
+adds the mean over models A, B, C (one recipe pretrained with several seeds) as a row NAME,
+with the interval of that mean; groups can be compared like models. See docs/EVALUATION.md.
 
 Writes `<out>/<model>/results.{json,md}` and `plots/`, and `<out>/summary.md` with every
 model's row and the comparisons (`comparisons.json`). Default --out: `<first workdir>/eval`.
@@ -62,6 +64,9 @@ _CSN_LABELS = flags.DEFINE_list("csn_labels", ["merl"], "Readings of the CSN lab
 _COMPARE = flags.DEFINE_list("compare", None, "Model names A,B[,C,D...]: paired bootstrap "
                              "interval of A - B (and C - D, ...; default: first model vs "
                              "random init).")
+_GROUP = flags.DEFINE_multi_string("group", [], "NAME=A+B[+C...]: a seed group, the mean "
+                                   "over the evaluated models A, B, ... (one recipe, several "
+                                   "seeds) as one more row, usable in --compare. Repeatable.")
 _RESAMPLES = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per interval.")
 _EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "MERL probe epochs (MERL: 100).")
 _PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "MERL probe learning rate (Adam; MERL: 1e-3).")
@@ -99,7 +104,7 @@ def main(argv) -> int:
         task_names=runner.expand_csn(_TASKS.value, _CSN_LABELS.value), fractions=fractions,
         data_root=_DATA_ROOT.value, tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value,
         out=_OUT.value, protocol=protocol, compare=compare, batch_size=_BATCH.value,
-        step=_STEP.value, baselines=tuple(_BASELINES.value))
+        step=_STEP.value, baselines=tuple(_BASELINES.value), groups=tuple(_GROUP.value))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -13,6 +13,7 @@ from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import report
 from cgdmer_jax.evaluators import runner
+from cgdmer_jax.evaluators import seeds
 from cgdmer_jax.evaluators import tasks
 
 # The classes MERL's substring match makes supersets of the truth (AVB -> VB, AFIB -> AF, ...).
@@ -215,3 +216,57 @@ def test_compare_flag_takes_pairs():
   for bad in ([], ["A"], ["A", "B", "C"]):
     with pytest.raises(ValueError, match="pairs of model names"):
       runner.compare_pairs(bad)
+
+
+def _result(name, y, s, rows=None):
+  rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+  counts = bootstrap.resample_counts(len(rows))
+  return {"model": name, "split": "val", "tasks": {"t": {
+      "_y": y[rows], "_rows": rows,
+      "zero_shot": cells.score(y[rows], s[rows], ["a", "b", "c"], counts),
+      "linear_probe": {"logreg": {"shared": {"100": cells.score(
+          y[rows], s[rows] + 0.5 * y[rows], ["a", "b", "c"], counts)}}}}}}
+
+
+def test_a_seed_group_is_the_mean_of_its_seeds_on_the_same_resamples():
+  y, strong = _scored(200, signal=3.0)
+  weak = strong + np.random.default_rng(7).normal(scale=3.0, size=strong.shape)
+  a, b = _result("s0", y, strong), _result("s1", y, weak)
+  g = seeds.group_result("recipe", [a, b])
+  za, zb, zg = (r["tasks"]["t"]["zero_shot"] for r in (a, b, g))
+  assert zg["seed_aucs"] == pytest.approx([za["auc"], zb["auc"]])
+  assert zg["auc"] == pytest.approx((za["auc"] + zb["auc"]) / 2)
+  lo, hi = zg["interval"]
+  assert lo < zg["auc"] < hi and zg["seeds"] == 2
+  # The probe cells are grouped too, in the members' layout.
+  pg = g["tasks"]["t"]["linear_probe"]["logreg"]["shared"]["100"]
+  assert pg["auc"] == pytest.approx(np.mean(pg["seed_aucs"]))
+  # Paired against one of its seeds: half the seeds' difference, on the same draws.
+  c = report.compare(g, b)
+  d = c["tasks"]["t"]["zero-shot"]
+  assert d["difference"] == pytest.approx((za["auc"] - zb["auc"]) / 2)
+  assert 0 < d["interval"][0] <= d["difference"] <= d["interval"][1]
+  # Two identical seeds: the group is that model, interval included.
+  twin = seeds.group_result("twin", [a, _result("s0b", y, strong.copy())])
+  assert twin["tasks"]["t"]["zero_shot"]["interval"] == pytest.approx(za["interval"])
+  assert report.compare(twin, a)["tasks"]["t"]["zero-shot"]["interval"] == [0.0, 0.0]
+  text = report.markdown([a, b, g])
+  assert f"{{{100 * za['auc']:.1f}, {100 * zb['auc']:.1f}}}" in text
+  assert "mean over its seeds" in text
+
+
+def test_a_seed_group_scores_the_records_every_seed_has():
+  y, s = _scored(120)
+  g = seeds.group_result("g", [_result("s0", y, s), _result("s1", y, s, rows=np.arange(1, 120))])
+  assert g["tasks"]["t"]["records"] == 119
+  alone = cells.score(y[1:], s[1:], ["a", "b", "c"], bootstrap.resample_counts(119))
+  assert g["tasks"]["t"]["zero_shot"]["auc"] == pytest.approx(alone["auc"])
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("recipe", "NAME=MODEL"), ("recipe=s0", "two or more"), ("recipe=s0+s0", "two or more"),
+    ("recipe=s0+s9", "not among"), ("s1=s0+s2", "already"), ("=s0+s1", "NAME=MODEL")])
+def test_group_specs_are_checked(spec, match):
+  with pytest.raises(ValueError, match=match):
+    seeds.parse_groups([spec], ["s0", "s1", "s2"])
+  assert seeds.parse_groups(["r=s0+s1+s2"], ["s0", "s1", "s2"]) == {"r": ["s0", "s1", "s2"]}

@@ -190,3 +190,33 @@ def test_evaluate_all_six_shared_tasks(quick, shared_data, tmp_path):
     row = next(line for line in summary.splitlines() if f"| export | {metric} |" in line)
     cols = [c.strip() for c in row.strip("|").split("|")]
     assert len(cols) == 2 + len(task_names), row
+
+
+def test_evaluate_cli_seed_group_and_its_comparison(quick, tmp_path):
+  # The same export twice is a group of two identical seeds: the group's row equals the
+  # model's, and the paired difference of the group and the model is exactly 0.
+  export = str(quick["export"])
+  out = tmp_path / "eval"
+  proc = subprocess.run(
+      [sys.executable, "-m", "cgdmer_jax.evaluate", f"--workdir={export},{export}",
+       "--tasks=ptbxl_super", "--fractions=100", "--split=val", "--probe=logreg",
+       "--features=shared", "--logreg_c=1", "--bootstrap=100", f"--data_root={conftest.EMBEDDED}",
+       "--group=recipe=export+export_", "--compare=recipe,export", f"--out={out}"],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_text())
+  assert [m["model"] for m in summary] == ["export", "export_", "recipe"]
+  model, group = summary[0]["tasks"]["ptbxl_super"], summary[2]["tasks"]["ptbxl_super"]
+  for metric in ("zero-shot", "linear probe 100% logreg shared"):
+    assert group[metric]["auc"] == pytest.approx(model[metric]["auc"])
+    assert group[metric]["seed_aucs"] == pytest.approx([model[metric]["auc"]] * 2)
+  diff = json.loads((out / "comparisons.json").read_text())[0]["tasks"]["ptbxl_super"]
+  assert diff["zero-shot"]["interval"] == [0.0, 0.0]
+  assert (out / "recipe" / "results.json").exists()
+  assert "| recipe | zero-shot |" in proc.stdout
+  # A group naming a model that was not evaluated is a usage error.
+  bad = subprocess.run(
+      [sys.executable, "-m", "cgdmer_jax.evaluate", f"--workdir={export}", "--tasks=ptbxl_super",
+       f"--data_root={conftest.EMBEDDED}", "--group=recipe=export+other", f"--out={out}2"],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "not among the evaluated models" in bad.stderr

@@ -17,6 +17,8 @@ once, with ties counted half, so 1000 resamples cost a few vectorised passes per
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 NUM_RESAMPLES = 1000
@@ -109,23 +111,52 @@ def macro_interval(y_NxC: np.ndarray, s_NxC: np.ndarray, counts_BxN: np.ndarray,
           "undefined_draws": int(np.isnan(auc_BxC).sum()), "resamples": int(len(counts_BxN))}
 
 
-def paired_interval(y_NxC: np.ndarray, s_a_NxC: np.ndarray, s_b_NxC: np.ndarray,
-                    counts_BxN: np.ndarray, level: float = LEVEL) -> dict:
+def _mean_macro(y_NxC: np.ndarray, score_sets: Sequence[np.ndarray], w_BxN: np.ndarray
+                ) -> np.ndarray:
+  """[B] mean over the score sets (one per seed) of their macro AUCs under each weight row."""
+  return np.mean([_macro(per_class_auc(y_NxC, s, w_BxN)) for s in score_sets], axis=0)
+
+
+def _sets(scores) -> list[np.ndarray]:
+  return list(scores) if isinstance(scores, (list, tuple)) else [scores]
+
+
+def mean_macro_interval(y_NxC: np.ndarray, score_sets: Sequence[np.ndarray],
+                        counts_BxN: np.ndarray, level: float = LEVEL) -> dict:
+  """Interval of the mean macro AUC of several score sets (seeds) on the same resamples.
+
+  Args:
+    y_NxC: labels of the classes in the macro means.
+    score_sets: [N, C] scores of each member, row for row the same records.
+    counts_BxN: resample counts; every member is scored on the same draw.
+    level: coverage.
+
+  Returns:
+    {"interval": [lo, hi], "member_aucs": each member's macro AUC, "resamples": B}.
+  """
+  ones = np.ones((1, len(y_NxC)))
+  members = [float(_macro(per_class_auc(y_NxC, s, ones))[0]) for s in score_sets]
+  return {"interval": _percentiles(_mean_macro(y_NxC, score_sets, counts_BxN), level),
+          "member_aucs": members, "resamples": int(len(counts_BxN))}
+
+
+def paired_interval(y_NxC: np.ndarray, s_a_NxC, s_b_NxC, counts_BxN: np.ndarray,
+                    level: float = LEVEL) -> dict:
   """Macro AUC of A minus that of B on the same records and classes, with a paired interval.
 
   Args:
     y_NxC: labels of the classes both macro means use.
-    s_a_NxC: model A's scores; s_b_NxC: model B's, row for row the same records.
+    s_a_NxC: model A's scores; s_b_NxC: model B's, row for row the same records. Either may
+      be a list of such arrays (a seed group): its macro AUC is then the mean over the list.
     counts_BxN: resample counts; each resample scores both models on the same draw.
     level: coverage.
 
   Returns:
     {"difference": point A - B, "interval": [lo, hi], "resamples": B}.
   """
+  a, b = _sets(s_a_NxC), _sets(s_b_NxC)
   ones = np.ones((1, len(y_NxC)))
-  point = float(_macro(per_class_auc(y_NxC, s_a_NxC, ones))[0]
-                - _macro(per_class_auc(y_NxC, s_b_NxC, ones))[0])
-  diff = (_macro(per_class_auc(y_NxC, s_a_NxC, counts_BxN))
-          - _macro(per_class_auc(y_NxC, s_b_NxC, counts_BxN)))
+  point = float(_mean_macro(y_NxC, a, ones)[0] - _mean_macro(y_NxC, b, ones)[0])
+  diff = _mean_macro(y_NxC, a, counts_BxN) - _mean_macro(y_NxC, b, counts_BxN)
   return {"difference": point, "interval": _percentiles(diff, level),
           "resamples": int(len(counts_BxN))}

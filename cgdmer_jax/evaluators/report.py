@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from cgdmer_jax.evaluators import bootstrap
+from cgdmer_jax.evaluators import seeds
 
 
 def _pct(v) -> str:
@@ -48,6 +49,8 @@ def cell_text(cell: dict | None) -> str:
   text = _pct(cell["auc"]) + (f" ({_pct(iv[0])}–{_pct(iv[1])})" if iv else "")
   if cell.get("auc_max_over_epochs") is not None:
     text += f" [{_pct(cell['auc_max_over_epochs'])}]"
+  if cell.get("seed_aucs"):
+    text += " {" + ", ".join(_pct(a) for a in cell["seed_aucs"]) + "}"
   return text
 
 
@@ -78,6 +81,10 @@ def markdown(all_results: Sequence[dict]) -> str:
             "by 3-fold cross-validation on the training subset (val reported). Classes without "
             "a positive and a negative among the training rows or the evaluated records are "
             "left out of the macro mean (listed in results.json)."]
+  if any(r.get("group") for r in all_results):
+    lines.append("A seed group's cell (`--group`) is the mean over its seeds on the records "
+                 "and classes all of them scored, its interval that of the mean over the same "
+                 "record resamples; {braces}: each seed's AUC.")
   if any(t == "csn_exact" for t in task_names):
     lines.append("`csn`: MERL's label columns (substring-matched); `csn_exact`: a class is "
                  "positive when it is one of the record's diagnosis tokens.")
@@ -120,8 +127,9 @@ def compare(a: dict, b: dict, resamples: int = bootstrap.NUM_RESAMPLES, seed: in
       cols = [j for j in cols if 0 < y[:, j].sum() < len(y)]
       if len(cols) < 2:
         continue
-      d = bootstrap.paired_interval(y[:, cols], ca["_scores"][ia][:, cols],
-                                    cb["_scores"][ib][:, cols], counts)
+      d = bootstrap.paired_interval(
+          y[:, cols], [s[ia][:, cols] for s in seeds.score_sets(ca)],
+          [s[ib][:, cols] for s in seeds.score_sets(cb)], counts)
       rows[metric] = {**d, "records": int(len(common)), "classes": len(cols)}
     out["tasks"][task] = rows
   return out

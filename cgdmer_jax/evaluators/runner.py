@@ -31,6 +31,7 @@ from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import plots
 from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import report
+from cgdmer_jax.evaluators import seeds
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
 
@@ -244,14 +245,16 @@ BASELINES = {"band_power": baselines_lib.bandpower_encoder}
 def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
                     data_root, tables_root=None, prompts=None, out=None,
                     protocol: Protocol = Protocol(), compare=None, batch_size=64,
-                    progress=True, step=None, baselines=()) -> list[dict]:
+                    progress=True, step=None, baselines=(), groups=()) -> list[dict]:
   """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
 
   Args:
     baselines: hand-crafted feature baselines scored beside the models (`BASELINES` keys,
       e.g. 'band_power'), canonicalised as the first model's records.
     compare: (A, B) model-name pairs whose paired differences are computed; None: the
-      first model against the random-init baseline when there is one.
+      first model against the random-init baseline when there is one. A and B may be groups.
+    groups: `NAME=A+B[+...]` specs (`seeds.parse_groups`): seed groups of evaluated models,
+      added as rows after the models (`seeds.group_result`).
     Others: as `evaluate_encoder`; `step` picks the checkpoint of training workdirs.
 
   Returns:
@@ -287,12 +290,14 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     while name in names:
       name += "_"
     names.append(name)
+  group_members = seeds.parse_groups(groups, names)
   if compare is None:
     compare = [(names[0], names[-1])] if random_init else []
   for pair in compare:
-    bad = [m for m in pair if m not in names]
+    bad = [m for m in pair if m not in names and m not in group_members]
     if len(pair) != 2 or bad:
-      raise ValueError(f"--compare needs two of the evaluated models {names}, got {list(pair)}")
+      raise ValueError(f"--compare needs two of the evaluated models or groups "
+                       f"{names + list(group_members)}, got {list(pair)}")
   all_results = []
   for enc, name in zip(encoders, names):
     res = evaluate_encoder(enc, task_names, fractions, data_root=data_root,
@@ -301,6 +306,15 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     res["model"] = name
     all_results.append(res)
   by_name = dict(zip(names, all_results))
+  for group, members in group_members.items():
+    res = seeds.group_result(group, [by_name[m] for m in members], protocol.resamples,
+                             protocol.seed)
+    gdir = out / group.replace("/", "_")
+    gdir.mkdir(parents=True, exist_ok=True)
+    (gdir / "results.json").write_text(json.dumps(_clean(res), indent=2))
+    (gdir / "results.md").write_text(report.markdown([res]))
+    by_name[group] = res
+    all_results.append(res)
   comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed)
                  for a, b in compare]
   out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +326,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   (out / "summary.json").write_text(json.dumps(
       [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")), "split": r["split"],
         "tasks": {t: {label: {"auc": c.get("auc"), "interval": c.get("interval"),
-                              "reason": c.get("reason")}
+                              "reason": c.get("reason"),
+                              **({"seed_aucs": c["seed_aucs"]} if c.get("seed_aucs") else {})}
                       for label, c in report.cells_of(e)}
                   for t, e in r["tasks"].items()}} for r in _clean(all_results)], indent=2))
   return all_results
