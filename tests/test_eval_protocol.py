@@ -270,3 +270,14 @@ def test_group_specs_are_checked(spec, match):
   with pytest.raises(ValueError, match=match):
     seeds.parse_groups([spec], ["s0", "s1", "s2"])
   assert seeds.parse_groups(["r=s0+s1+s2"], ["s0", "s1", "s2"]) == {"r": ["s0", "s1", "s2"]}
+
+
+def test_a_seed_group_cell_without_a_number_names_why():
+  y, s = _scored(120)
+  a, b = _result("s0", y, s), _result("s1", y, s)
+  del b["tasks"]["t"]["linear_probe"]["logreg"]["shared"]["100"]
+  a["tasks"]["t"]["zero_shot"] = cells.no_cell("model has no report tower")
+  g = seeds.group_result("g", [a, b])["tasks"]["t"]
+  assert g["zero_shot"]["auc"] is None and "no report tower" in g["zero_shot"]["reason"]
+  probe = g["linear_probe"]["logreg"]["shared"]["100"]
+  assert probe["auc"] is None and "no cell" in probe["reason"]

@@ -59,7 +59,8 @@ def score_sets(cell: dict) -> list[np.ndarray]:
 def _cell(members: Sequence[dict], y: np.ndarray, idx: Sequence[np.ndarray],
           counts: np.ndarray) -> dict:
   """The group cell of the members' cells (rows `idx[k]` of member k are the common rows)."""
-  missing = [c.get("reason", "no number") for c in members if c is None or c.get("auc") is None]
+  missing = [(c or {}).get("reason", "no cell") for c in members
+             if c is None or c.get("auc") is None]
   if missing:
     return cells.no_cell(f"a seed has no number: {missing[0]}", seeds=len(members))
   cols = sorted(set.intersection(*(set(c["_columns"]) for c in members)))
