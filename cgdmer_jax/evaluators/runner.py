@@ -208,10 +208,15 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
         results["plots"].append(str(p.relative_to(out_dir)))
 
   if out_dir is not None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(_clean(results), indent=2))
-    (out_dir / "results.md").write_text(report.markdown([results]))
+    _write_results(out_dir, results)
   return results
+
+
+def _write_results(out_dir: pathlib.Path, results: dict) -> None:
+  """`results.json` (private keys dropped) and `results.md` of one model or group."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "results.json").write_text(json.dumps(_clean(results), indent=2))
+  (out_dir / "results.md").write_text(report.markdown([results]))
 
 
 def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.Path]:
@@ -309,10 +314,7 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   for group, members in group_members.items():
     res = seeds.group_result(group, [by_name[m] for m in members], protocol.resamples,
                              protocol.seed)
-    gdir = out / group.replace("/", "_")
-    gdir.mkdir(parents=True, exist_ok=True)
-    (gdir / "results.json").write_text(json.dumps(_clean(res), indent=2))
-    (gdir / "results.md").write_text(report.markdown([res]))
+    _write_results(out / group.replace("/", "_"), res)
     by_name[group] = res
     all_results.append(res)
   comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed)
