@@ -98,6 +98,15 @@ def _weights(batch: dict, masks: dict, config: ml_collections.ConfigDict) -> dic
   return losses.term_weights(ecg_w, batch, masks, config)
 
 
+def _kind_weights(weights: dict, masks: dict) -> dict[str, jax.Array]:
+  """{'ecg_mse/<kind>': the ECG patch weights of that masking step} (`losses.mse_by_mask_kind`)."""
+  if "ecg" not in weights or "masked_kind" not in masks.get("ecg", {}):
+    return {}
+  kind = masks["ecg"]["masked_kind"]
+  return {f"ecg_mse/{name}": weights["ecg"] * (kind == i)
+          for i, name in enumerate(masking.MASK_KINDS)}
+
+
 def _chunk_share(graphdef, config: ml_collections.ConfigDict, totals: dict, step=None,
                  balance=None):
   """`(params, chunk) -> (loss, metrics)`: the chunk's share of the whole batch's means."""
@@ -110,6 +119,10 @@ def _chunk_share(graphdef, config: ml_collections.ConfigDict, totals: dict, step
     scaled = {f"loss/{k}": mets[f"loss/{k}"] * jnp.maximum(jnp.sum(weights_c[k]), 1.0)
               / totals[k] * (jnp.sum(weights_c[k]) > 0) for k in weights_c}
     loss = sum(w[k] * scaled[f"loss/{k}"] for k in weights_c)
+    # The masked-ECG error per masking step, as shares of the whole batch's means too.
+    for name, kind_w in _kind_weights(weights_c, masks_c).items():
+      scaled[name] = (mets[name] * jnp.maximum(jnp.sum(kind_w), 1.0) / totals[name]
+                      * (jnp.sum(kind_w) > 0))
     return loss, scaled
   return share
 
@@ -120,7 +133,8 @@ def _prepare(batch: dict, rng: jax.Array, config: ml_collections.ConfigDict, n: 
   batch = {k: v for k, v in batch.items() if jnp.asarray(v).dtype.kind in "biuf"}
   masks = masking.sample_masks(rng, batch, config)
   weights = _weights(batch, masks, config)
-  totals = {k: jnp.maximum(jnp.sum(v), 1.0) for k, v in weights.items()}
+  totals = {k: jnp.maximum(jnp.sum(v), 1.0)
+            for k, v in {**weights, **_kind_weights(weights, masks)}.items()}
   return split_rows((batch, masks, weights), n), totals
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cgdmer_jax import masking
 from cgdmer_jax import siglip as siglip_lib
 
 
@@ -37,8 +38,26 @@ def masked_patch_mse(pred_BxMxP: jax.Array, target_BxMxP: jax.Array,
   Returns:
     float32 scalar.
   """
+  return _weighted_mean(patch_mse(pred_BxMxP, target_BxMxP), weight_BxM)
+
+
+def patch_mse(pred_BxMxP: jax.Array, target_BxMxP: jax.Array) -> jax.Array:
+  """Per-patch MSE [B, M], float32."""
   err = pred_BxMxP.astype(jnp.float32) - target_BxMxP.astype(jnp.float32)
-  return _weighted_mean(jnp.mean(err * err, axis=-1), weight_BxM)
+  return jnp.mean(err * err, axis=-1)
+
+
+def mse_by_mask_kind(pred_BxMxP: jax.Array, target_BxMxP: jax.Array, weight_BxM: jax.Array,
+                     kind_BxM: jax.Array) -> dict[str, jax.Array]:
+  """The masked-patch MSE of each masking step: {'ecg_mse/<kind>': scalar} (`MASK_KINDS`).
+
+  Each is the weighted mean over the patches that step hid (0 where it hid none), so the
+  reconstruction error of a time patch hidden in every lead can be told from that of a
+  patch whose neighbours in time or lead are visible.
+  """
+  mse_BxM = patch_mse(pred_BxMxP, target_BxMxP)
+  return {f"ecg_mse/{name}": _weighted_mean(mse_BxM, weight_BxM * (kind_BxM == i))
+          for i, name in enumerate(masking.MASK_KINDS)}
 
 
 def masked_token_ce(logits_BxKxV: jax.Array, targets_BxK: jax.Array,
@@ -176,7 +195,8 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
 
   Returns:
     (loss, metrics): metrics has `loss` and, for the active terms only, `loss/ecg`,
-    `loss/text`, `loss/contrastive`, `loss/disentangle`, `siglip/temperature`, `siglip/bias`.
+    `loss/text`, `loss/contrastive`, `loss/disentangle`, `siglip/temperature`, `siglip/bias`;
+    with the ECG term also `ecg_mse/random|lead|time` (`mse_by_mask_kind`).
   """
   w = config.loss
   scale = scales if scales is not None else {k: w[k] for k in TERMS}
@@ -187,6 +207,9 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
   if w.ecg > 0:
     metrics["loss/ecg"] = masked_patch_mse(outputs["ecg/recon"], outputs["ecg/target"],
                                            weights["ecg"])
+    if "masked_kind" in masks.get("ecg", {}):
+      metrics.update(mse_by_mask_kind(outputs["ecg/recon"], outputs["ecg/target"],
+                                      weights["ecg"], masks["ecg"]["masked_kind"]))
     loss += scale["ecg"] * metrics["loss/ecg"]
   if w.text > 0:
     metrics["loss/text"] = masked_token_ce(outputs["text/logits"], masks["text"]["targets"],

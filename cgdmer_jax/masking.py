@@ -9,7 +9,9 @@ ECG masking (CG-DMER's spatial-temporal masking; counts as in `configs/pretrain.
   2. temporal: `times_hidden = round(time_ratio * num_time_patches)` time patches are hidden in
      every lead;
   3. random: `round(token_ratio * R)` of the R tokens left by 1 and 2 are hidden (MAE).
-Every record of the batch draws its own leads, times and tokens.
+Every record of the batch draws its own leads, times and tokens. Each hidden token carries the
+step that hid it (`MASK_KINDS`; a token in a hidden lead at a hidden time counts as `time`),
+so the reconstruction error can be read per kind (`losses.total`'s `ecg_mse/<kind>`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import ml_collections
 
 from cgdmer_jax.data import features
 from cgdmer_jax.models import patching
+
+# `masked_kind` values: the random step, a whole hidden lead, a time patch hidden in every lead.
+MASK_KINDS = ("random", "lead", "time")
 
 EcgMaskCounts = collections.namedtuple(
     "EcgMaskCounts",
@@ -69,22 +74,25 @@ def sample_ecg_mask(rng: jax.Array, batch_size: int,
 
   Returns:
     dict with `keep_idx_BxV` int32 (visible token indices, ascending), `masked_idx_BxM`
-    int32 (hidden token indices, ascending) and `mask_BxN` bool (True = hidden). Keys are
-    named without the shape suffix: `keep_idx`, `masked_idx`, `mask`.
+    int32 (hidden token indices, ascending), `masked_kind_BxM` int32 (the index in
+    `MASK_KINDS` of the step that hid each of them) and `mask_BxN` bool (True = hidden).
+    Keys are named without the shape suffix: `keep_idx`, `masked_idx`, `masked_kind`, `mask`.
   """
   c = ecg_mask_counts(config)
   C, Tp, B = config.model.num_leads, patching.num_time_patches(config), batch_size
   if c.num_masked == 0:
     keep_BxV = jnp.broadcast_to(jnp.arange(c.num_tokens, dtype=jnp.int32), (B, c.num_tokens))
     return dict(keep_idx=keep_BxV, masked_idx=jnp.zeros((B, 0), jnp.int32),
+                masked_kind=jnp.zeros((B, 0), jnp.int32),
                 mask=jnp.zeros((B, c.num_tokens), bool))
   k_lead, k_time, k_tok = jax.random.split(rng, 3)
   # The first `leads_hidden` leads of a random permutation are hidden, and likewise for time.
   lead_rank_BxC = jnp.argsort(jax.random.uniform(k_lead, (B, C)), axis=1).argsort(axis=1)
   time_rank_BxT = jnp.argsort(jax.random.uniform(k_time, (B, Tp)), axis=1).argsort(axis=1)
-  struct_BxCxT = ((lead_rank_BxC < c.leads_hidden)[:, :, None]
-                  | (time_rank_BxT < c.times_hidden)[:, None, :])
-  struct_BxN = struct_BxCxT.reshape(B, C * Tp)
+  lead_BxCx1 = (lead_rank_BxC < c.leads_hidden)[:, :, None]
+  time_Bx1xT = (time_rank_BxT < c.times_hidden)[:, None, :]
+  struct_BxN = (lead_BxCx1 | time_Bx1xT).reshape(B, C * Tp)
+  kind_BxN = jnp.where(time_Bx1xT, 2, jnp.where(lead_BxCx1, 1, 0)).reshape(B, C * Tp)
   # Sort key: tokens not hidden by lead/time get a uniform score in [0, 1), the others
   # 2 + score, so the V smallest are exactly a uniform random subset of the remaining tokens.
   score_BxN = jax.random.uniform(k_tok, (B, C * Tp)) + 2.0 * struct_BxN
@@ -92,7 +100,8 @@ def sample_ecg_mask(rng: jax.Array, batch_size: int,
   keep_BxV = jnp.sort(order_BxN[:, :c.num_visible], axis=1)
   masked_BxM = jnp.sort(order_BxN[:, c.num_visible:], axis=1)
   mask_BxN = jnp.ones((B, C * Tp), bool).at[jnp.arange(B)[:, None], keep_BxV].set(False)
-  return dict(keep_idx=keep_BxV, masked_idx=masked_BxM, mask=mask_BxN)
+  kind_BxM = jnp.take_along_axis(kind_BxN, masked_BxM, axis=1).astype(jnp.int32)
+  return dict(keep_idx=keep_BxV, masked_idx=masked_BxM, masked_kind=kind_BxM, mask=mask_BxN)
 
 
 def num_text_slots(config: ml_collections.ConfigDict) -> int:

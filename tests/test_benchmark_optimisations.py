@@ -55,11 +55,17 @@ def test_batch_chunks_same_loss_and_grads():
   (loss_c, mets_c), grads_c = value_and_grad(chunked)
   np.testing.assert_allclose(float(loss_c), float(loss), rtol=1e-5)
   np.testing.assert_allclose(float(mets_c["loss/ecg"]), float(mets["loss/ecg"]), rtol=1e-5)
+  for kind in ("random", "lead", "time"):   # the per-masking-step errors are whole-batch too
+    np.testing.assert_allclose(float(mets_c[f"ecg_mse/{kind}"]),
+                               float(mets[f"ecg_mse/{kind}"]), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
   # Forward only (evaluation) takes the chunked path too.
   fwd = jax.jit(accumulate.loss_fn(graphdef, chunked))
-  np.testing.assert_allclose(float(fwd(params, batch, rng)[0]), float(loss), rtol=1e-5)
+  loss_f, mets_f = fwd(params, batch, rng)
+  np.testing.assert_allclose(float(loss_f), float(loss), rtol=1e-5)
+  np.testing.assert_allclose(float(mets_f["ecg_mse/time"]), float(mets["ecg_mse/time"]),
+                             rtol=1e-5)
 
 
 def test_batch_chunks_refuse_coupled_losses():

@@ -54,6 +54,26 @@ def test_masked_patch_mse():
   np.testing.assert_allclose(losses.masked_patch_mse(pred, target, w), 4.0 / 9, rtol=1e-6)
 
 
+def test_mse_by_mask_kind_splits_the_masked_patch_mse():
+  rng = np.random.default_rng(1)
+  pred, target = (rng.normal(size=(3, 6, 4)).astype(np.float32) for _ in range(2))
+  w = np.ones((3, 6), np.float32)
+  w[0, 1] = 0.0
+  kind = np.array([[0, 0, 1, 2, 2, 2]] * 3, np.int32)
+  kind[2] = 2   # a record with every hidden patch of one kind
+  per = losses.mse_by_mask_kind(pred, target, w, kind)
+  assert set(per) == {"ecg_mse/random", "ecg_mse/lead", "ecg_mse/time"}
+  err = ((pred - target) ** 2).mean(-1)
+  for i, name in enumerate(("random", "lead", "time")):
+    sel = (kind == i) & (w > 0)
+    np.testing.assert_allclose(per[f"ecg_mse/{name}"], err[sel].mean(), rtol=1e-5)
+  # Weighted by their patch counts the kinds give back the whole masked-patch MSE.
+  counts = [((kind == i) * w).sum() for i in range(3)]
+  np.testing.assert_allclose(
+      sum(c * float(per[f"ecg_mse/{n}"]) for c, n in zip(counts, ("random", "lead", "time")))
+      / w.sum(), losses.masked_patch_mse(pred, target, w), rtol=1e-5)
+
+
 def test_masked_token_ce():
   logits = np.log(np.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]], np.float32))
   targets = np.array([[0, 2]])
@@ -100,6 +120,7 @@ def test_total_switches_terms():
               if config.loss[k] > 0}
     assert set(metrics) & keys == active, variant
     assert ("siglip/temperature" in metrics) == (config.loss.contrastive > 0)
+    assert not any(k.startswith("ecg_mse/") for k in metrics)   # no mask kinds given
     np.testing.assert_allclose(
         loss, sum(config.loss[k.split("/")[1]] * float(metrics[k]) for k in active), rtol=1e-6)
   # Weights scale their term.

@@ -173,3 +173,29 @@ def test_patch_size_check(config):
   config.model.patch_size = 30
   with pytest.raises(ValueError, match="not divisible by model.patch_size"):
     masking.ecg_mask_counts(config)
+
+
+def test_masked_kind_names_the_step_that_hid_each_token(config):
+  c = masking.ecg_mask_counts(config)
+  C = config.model.num_leads
+  Tp = c.num_tokens // C
+  m = masking.sample_ecg_mask(jax.random.key(3), B, config)
+  kind, masked = np.asarray(m["masked_kind"]), np.asarray(m["masked_idx"])
+  assert kind.shape == masked.shape and kind.dtype == np.int32
+  assert masking.MASK_KINDS == ("random", "lead", "time")
+  # Exactly the configured counts: times in every lead, then leads at the other times, then
+  # the random step's tokens.
+  np.testing.assert_array_equal((kind == 2).sum(1), c.times_hidden * C)
+  np.testing.assert_array_equal((kind == 1).sum(1), c.leads_hidden * (Tp - c.times_hidden))
+  np.testing.assert_array_equal((kind == 0).sum(1), c.tokens_hidden)
+  for b in range(B):
+    lead, t = masked[b] // Tp, masked[b] % Tp
+    time_patches = set(t[kind[b] == 2])
+    hidden_leads = set(lead[kind[b] == 1])
+    assert len(time_patches) == c.times_hidden and len(hidden_leads) == c.leads_hidden
+    # A randomly hidden token lies in neither a hidden lead nor a hidden time patch.
+    rand = kind[b] == 0
+    assert not set(t[rand]) & time_patches and not set(lead[rand]) & hidden_leads
+  off = masking.sample_ecg_mask(jax.random.key(0), 2,
+                                pretrain.get_config("size=tiny,variant=contrastive"))
+  assert off["masked_kind"].shape == (2, 0)

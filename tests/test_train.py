@@ -114,6 +114,9 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
               "grad_norm/disentangle/shared", "grad_cos/ecg~contrastive/shared"):
     assert np.isfinite(diag[40][key]), key
   assert "val/loss" in out and np.isfinite(out["val/loss"])
+  # The val masked-ECG loss split by the masking step that hid each patch.
+  for kind in ("random", "lead", "time"):
+    assert np.isfinite(out[f"val/ecg_mse/{kind}"]) and out[f"val/ecg_mse/{kind}"] > 0, kind
   # Zero-shot model selection on the val split kept the best parameters.
   assert 0.0 <= out["val/zero_shot_auc"] <= 1.0
   best = json.loads((workdir / "best" / "meta.json").read_text())
