@@ -178,6 +178,28 @@ def test_param_counts_per_size():
   assert unrolled["total"] == counts["tiny"]["total"]
 
 
+def test_patch_stats_give_tokens_the_amplitude_the_patch_norm_removes():
+  from cgdmer_jax.models import ecg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  patches = jnp.asarray(rng.normal(size=(2, 5, 50)), jnp.float32)
+  idx = jnp.tile(jnp.arange(5, dtype=jnp.int32), (2, 1))
+  moved = patches * 3.0 + 0.5   # same shapes, other amplitude and offset
+  for stats in (False, True):
+    enc = ecg.ECGEncoder(_config(patch_norm=True, patch_stats=stats), rngs=nnx.Rngs(0))
+    delta = float(jnp.max(jnp.abs(enc.embed(moved, idx) - enc.embed(patches, idx))))
+    if stats:
+      assert delta > 0.1, delta   # the token now tells the two apart
+      assert "stats_proj" in nnx.state(enc, nnx.Param)
+    else:
+      assert delta < 1e-4, delta  # the LayerNorm alone cannot
+  got = ecg.patch_stats(moved)
+  np.testing.assert_allclose(got[..., 0], moved.mean(-1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[..., 1], np.log(np.asarray(moved).std(-1) + 0.01), rtol=1e-5)
+  # Without the patch LayerNorm the tokens already see the amplitude: no extra projection.
+  plain = ecg.ECGEncoder(_config(patch_norm=False, patch_stats=True), rngs=nnx.Rngs(0))
+  assert not plain.patch_stats
+
+
 def test_sincos_positions():
   pe = layers.sincos_1d(40, 64)
   assert pe.shape == (40, 64) and pe.dtype == np.float32
@@ -189,6 +211,7 @@ def test_sincos_positions():
     dict(shared_width=32, shared_depth=0, specific_depth=0),   # adapters + LayerNorm/Dense
     dict(scan_layers=True, remat=True, dtype="bfloat16"),
     dict(patch_norm=True),                                      # ST-MEM patch embedding
+    dict(patch_norm=True, patch_stats=True),                    # + patch amplitude
 ])
 def test_config_options_trace_with_gradients(model):
   """Options not compiled elsewhere: forward + backward trace (no compile) and shapes."""

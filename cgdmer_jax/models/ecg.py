@@ -22,6 +22,15 @@ from flax import nnx
 from cgdmer_jax.models import layers, normalize, patching
 
 
+STATS_STD_FLOOR = 1e-2  # of a z-scored lead: a flat (or zero-padded) patch maps to log 0.01
+
+
+def patch_stats(patches_BxKxP: jax.Array) -> jax.Array:
+  """[mean, log(std + 0.01)] of each patch, float32 [B, K, 2] (`model.patch_stats`)."""
+  x = patches_BxKxP.astype(jnp.float32)
+  return jnp.stack([jnp.mean(x, -1), jnp.log(jnp.std(x, -1) + STATS_STD_FLOOR)], axis=-1)
+
+
 class ECGEncoder(nnx.Module):
   """Lead-patch embedding + pre-norm ViT over the visible tokens (the ECG backbone)."""
 
@@ -41,6 +50,12 @@ class ECGEncoder(nnx.Module):
     if self.patch_norm:
       self.patch_in_norm = layers.layer_norm(m.patch_size, rngs=rngs)
       self.patch_out_norm = layers.layer_norm(m.ecg_width, rngs=rngs)
+    # The patch LayerNorm removes each patch's offset and scale, so the tokens alone carry no
+    # amplitude (QRS voltage, ST level, one lead against another); `patch_stats` adds them
+    # back as a projection of the patch's mean and log standard deviation.
+    self.patch_stats = bool(m.get("patch_stats", False)) and self.patch_norm
+    if self.patch_stats:
+      self.stats_proj = layers.dense(2, m.ecg_width, dtype=dtype, rngs=rngs)
     self.lead_embed = nnx.Param(layers.EMBED_INIT(rngs.params(), (m.num_leads, m.ecg_width)))
     self.backbone = layers.Stack(
         m.ecg_width, m.ecg_depth, m.ecg_heads, m.mlp_ratio, dtype=dtype,
@@ -64,8 +79,10 @@ class ECGEncoder(nnx.Module):
     pos_BxKxD = jnp.take(self.position_table(), idx_BxK, axis=0)
     if not self.patch_norm:
       return self.patch_proj(patches_BxKxP).astype(jnp.float32) + pos_BxKxD
-    tok = self.patch_proj(self.patch_in_norm(patches_BxKxP))
-    return self.patch_out_norm(tok) + pos_BxKxD
+    tok = self.patch_out_norm(self.patch_proj(self.patch_in_norm(patches_BxKxP)))
+    if self.patch_stats:
+      tok = tok + self.stats_proj(patch_stats(patches_BxKxP)).astype(jnp.float32)
+    return tok + pos_BxKxD
 
   def __call__(self, ecg_BxCxT: jax.Array, valid_len_B: jax.Array, lead_mask_BxC: jax.Array,
                keep_idx_BxV: jax.Array | None = None) -> dict[str, jax.Array]:

@@ -118,7 +118,10 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   S, De, r = disentangle.shared_width(m), m.ecg_width, m.mlp_ratio
   fwd: dict[str, float] = {}
   patch = _dense(B * V, m.patch_size, De)
-  fwd["ecg backbone"] = patch + m.ecg_depth * _block(B, V, De, r)
+  # `model.patch_stats`: 2 numbers per patch, read from the data (weight gradient only).
+  stats = (_dense(B * V, 2, De) if m.get("patch_norm", False) and m.get("patch_stats", False)
+           else 0.0)
+  fwd["ecg backbone"] = patch + stats + m.ecg_depth * _block(B, V, De, r)
   ecg_dis = _token_encoder(B, V, S, S, m.shared_depth, r)
   ecg_dis += _token_encoder(B, V, De, De, m.specific_depth, r)
   if De != S:
@@ -160,7 +163,8 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   out = dict(fwd)
   out["forward"] = forward
   # Backward = 2x forward; a patch projection that reads the data directly: 1x; frozen: 0x.
-  out["total"] = 3 * forward - (0.0 if m.get("patch_norm", False) else patch) - 2 * frozen
+  out["total"] = (3 * forward - (0.0 if m.get("patch_norm", False) else patch) - stats
+                  - 2 * frozen)
   return out
 
 
