@@ -132,8 +132,8 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # Dense: the masked-patch loss leaves its initial plateau sooner (tiny, 2 000 steps on
   # PTB-XL: val ECG loss 0.744 against 0.827 with a bare Dense; docs/MODEL.md).
   m.patch_norm = True
-  # With patch_norm: add each patch's mean and log std back to its token (models/ecg.py), the
-  # amplitude the patch LayerNorm removes.
+  # Needs patch_norm: adds each patch's mean and log std back to its token (models/ecg.py), the
+  # amplitude the patch LayerNorm removes. Measured worse on super/sub (docs/MODEL.md).
   m.patch_stats = False
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True

@@ -195,9 +195,9 @@ def test_patch_stats_give_tokens_the_amplitude_the_patch_norm_removes():
   got = ecg.patch_stats(moved)
   np.testing.assert_allclose(got[..., 0], moved.mean(-1), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got[..., 1], np.log(np.asarray(moved).std(-1) + 0.01), rtol=1e-5)
-  # Without the patch LayerNorm the tokens already see the amplitude: no extra projection.
-  plain = ecg.ECGEncoder(_config(patch_norm=False, patch_stats=True), rngs=nnx.Rngs(0))
-  assert not plain.patch_stats
+  # Without the patch LayerNorm the tokens already see the amplitude: asking for both fails.
+  with pytest.raises(ValueError, match="patch_stats=True needs model.patch_norm"):
+    ecg.ECGEncoder(_config(patch_norm=False, patch_stats=True), rngs=nnx.Rngs(0))
 
 
 def test_sincos_positions():

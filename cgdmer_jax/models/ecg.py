@@ -53,7 +53,10 @@ class ECGEncoder(nnx.Module):
     # The patch LayerNorm removes each patch's offset and scale, so the tokens alone carry no
     # amplitude (QRS voltage, ST level, one lead against another); `patch_stats` adds them
     # back as a projection of the patch's mean and log standard deviation.
-    self.patch_stats = bool(m.get("patch_stats", False)) and self.patch_norm
+    self.patch_stats = bool(m.get("patch_stats", False))
+    if self.patch_stats and not self.patch_norm:
+      raise ValueError("model.patch_stats=True needs model.patch_norm=True (without the patch "
+                       "LayerNorm the tokens already carry the amplitude)")
     if self.patch_stats:
       self.stats_proj = layers.dense(2, m.ecg_width, dtype=dtype, rngs=rngs)
     self.lead_embed = nnx.Param(layers.EMBED_INIT(rngs.params(), (m.num_leads, m.ecg_width)))
