@@ -180,7 +180,7 @@ def test_ecg_mask_only_never_builds_text(batch):
   loss, metrics = jax.eval_shape(
       functools.partial(objective.loss_fn, graphdef=graphdef, config=config),
       params, batch=batch, rng=jax.random.key(0))
-  assert set(metrics) == {"loss", "loss/ecg"}
+  assert set(metrics) == {"loss", "loss/ecg", "ecg_mse/random", "ecg_mse/lead", "ecg_mse/time"}
   with pytest.raises(ValueError, match="no report tower"):
     nnx.merge(graphdef, params).encode_text(batch["report_ids"], batch["report_len"])
 
