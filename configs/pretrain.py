@@ -4,7 +4,7 @@ Usage:
   python -m cgdmer_jax.main --config=configs/pretrain.py:size=tiny --workdir=DIR \
       --config.data.dir=DATA_DIR [--config.optim.lr=3e-4 ...]
 
-Config arg keys (after `:`): size (tiny|small|base), variant (full|contrastive|ecg_mask|
+Config arg keys (after `:`): size (tiny|mini|small|base), variant (full|contrastive|ecg_mask|
 text_mask|ecg_mask_only, the paper's ablation rows), fs (data sampling rate, default 100 for
 tiny and 500 otherwise), text (transformer|bert: the report backbone; bert is BERT-base, or
 the checkpoint of --config.model.text.init_from=DIR, a local Hugging Face folder; see
@@ -20,7 +20,8 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="tiny", variant="full", fs=0, text="transformer")
-  fs = args.fs or (100 if args.size == "tiny" else 500)
+  cpu = args.size in common.CPU_SIZES
+  fs = args.fs or (100 if cpu else 500)
   if args.variant not in common.VARIANTS:
     raise ValueError(f"unknown variant {args.variant!r}; known: {sorted(common.VARIANTS)}")
   variant = common.VARIANTS[args.variant]
@@ -31,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tiny: 3 000 steps (about 26 min on 2 CPU cores at batch 32). Against 2 000, the same seed
   # on PTB-XL + ptbxl_extra: val masked-ECG loss 0.655 against 0.779, zero-shot super +1.2
   # (docs/MODEL.md, "Schedule length and patch amplitude").
-  config.total_steps = 20_000 if args.size != "tiny" else 3_000
+  config.total_steps = 3_000 if cpu else 20_000
   # Stop after this many steps in this process, with a checkpoint (0: run to total_steps).
   # For cluster job slots shorter than the whole run: resubmit the same command to continue.
   config.steps_per_run = 0
@@ -45,9 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.weight = 0.0
   config.data.fs = fs
   config.data.seconds = 10.0
-  config.data.batch_size = 256 if args.size != "tiny" else 32   # global batch
-  config.data.eval_batch_size = 256 if args.size != "tiny" else 64
-  config.data.shuffle_buffer = 10_000 if args.size != "tiny" else 1_000
+  config.data.batch_size = 32 if cpu else 256   # global batch
+  config.data.eval_batch_size = 64 if cpu else 256
+  config.data.shuffle_buffer = 1_000 if cpu else 10_000
   # Global batches built this many steps ahead on a background thread (prefetch.device_batches),
   # so reading and the host-to-device copy overlap the running step; 0 = on demand.
   config.data.prefetch = 2
@@ -93,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.balance = "grad_norm"
   # One measurement costs about a forward and four backward passes (tiny on 2 CPU cores:
   # +20-28 % step time at every 10 steps). small/base: scaled with their 10x longer schedule.
-  config.loss.balance_every_steps = 10 if args.size == "tiny" else 50
+  config.loss.balance_every_steps = 10 if cpu else 50
   config.loss.balance_decay = 0.7
   config.loss.balance_max = 1e4
   # SigLIP on the global batch: 'all_gather' (XLA gathers the report embeddings, each device
@@ -103,16 +104,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.siglip_impl = "all_gather"
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 3e-4 if args.size != "tiny" else 1e-3
+  config.optim.lr = 1e-3 if cpu else 3e-4
   config.optim.weight_decay = 0.05
   config.optim.b1 = 0.9
   config.optim.b2 = 0.95
-  config.optim.warmup_steps = 1_000 if args.size != "tiny" else 100
+  config.optim.warmup_steps = 100 if cpu else 1_000
   config.optim.clip_norm = 1.0
   config.optim.grad_accum_steps = 1
 
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 1_000 if args.size != "tiny" else 200
+  config.checkpoint.every_steps = 200 if cpu else 1_000
   config.checkpoint.keep = 3
   # Resume precedence: latest checkpoint in the workdir > resume_from > init_from > scratch.
   config.checkpoint.resume_from = ml_collections.config_dict.placeholder(str)
@@ -133,11 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.best.zero_shot_task = ""
   config.best.data_root = ml_collections.config_dict.placeholder(str)
 
-  config.log_every_steps = 50 if args.size != "tiny" else 10
+  config.log_every_steps = 10 if cpu else 50
   # Per-term gradient norms and cosines (cgdmer_jax/diagnostics.py), logged every this many
   # steps (0: off). One extra forward and batched backward pass each time, outside the step.
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.every_steps = 5 * config.log_every_steps
-  config.eval_every_steps = 1_000 if args.size != "tiny" else 200
+  config.eval_every_steps = 200 if cpu else 1_000
   config.eval_steps = 0  # 0: the whole val split
   return config

@@ -169,11 +169,23 @@ def test_token_valid_excludes_missing_leads_and_padding():
   np.testing.assert_array_equal(valid, [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 1, 1, 0, 0]])
 
 
+def test_cpu_sizes_share_the_cpu_data_shape():
+  tiny, mini = (pretrain.get_config(f"size={s}") for s in ("tiny", "mini"))
+  for key in ("data.fs", "model.patch_size", "total_steps", "data.batch_size", "optim.lr"):
+    get = lambda c: functools.reduce(getattr, key.split("."), c)
+    assert get(tiny) == get(mini), key
+  assert mini.model.ecg_width == 2 * tiny.model.ecg_width
+  small = pretrain.get_config("size=small")
+  assert small.data.fs == 500 and small.model.patch_size == 50
+
+
 def test_param_counts_per_size():
   counts = {s: objective.param_counts(pretrain.get_config(f"size={s}")) for s in common.SIZES}
   assert 0.8e6 < counts["tiny"]["total"] < 1.2e6
   assert 80e6 < counts["base"]["ecg backbone"] < 90e6
-  assert counts["tiny"]["total"] < counts["small"]["total"] < counts["base"]["total"]
+  assert 2e6 < counts["mini"]["total"] < 5e6
+  totals = [counts[s]["total"] for s in ("tiny", "mini", "small", "base")]
+  assert totals == sorted(totals) and len(set(totals)) == 4
   unrolled = objective.param_counts(_config(scan_layers=False))
   assert unrolled["total"] == counts["tiny"]["total"]
 
