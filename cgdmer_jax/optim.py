@@ -5,6 +5,11 @@ embedding); norms, biases, embeddings and the SigLIP temperature/bias are not de
 ViT/MAE practice. The rule is by name, not by rank, because scanned layer stacks add a leading
 layer axis to every parameter.
 
+`optim.siglip_lr_mult` multiplies the SigLIP temperature's and bias's learning rate. Adam
+moves a parameter by about the learning rate per step, so at lr 1e-3 the two scalars can
+barely leave their init (log 10 and -10) in a few thousand steps; the multiplier lets them
+reach the values the batch needs (docs/MODEL.md).
+
 Frozen parameters (`model.text.freeze_layers`, models/bert_tower.py) are routed by
 `optax.multi_transform` to `set_to_zero`: no update, no weight decay, no Adam moments, and
 they are left out of the clipping norm.
@@ -41,6 +46,11 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
+def siglip_mask(params: Any) -> Any:
+  """Pytree of bools: True on the SigLIP temperature and bias (`siglip/*`)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: "siglip" in path_names(path), params)
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup from 0 to `optim.lr`, then cosine decay to 0 at `total_steps`."""
   warmup = max(0, min(config.optim.warmup_steps, config.total_steps))
@@ -70,6 +80,12 @@ def make_optimizer(config: ml_collections.ConfigDict
   chain.append(optax.adamw(
       learning_rate=schedule, b1=config.optim.b1, b2=config.optim.b2,
       weight_decay=config.optim.weight_decay, mask=decay_mask))
+  mult = float(config.optim.get("siglip_lr_mult", 1.0))
+  if mult <= 0:
+    raise ValueError(f"optim.siglip_lr_mult must be > 0, got {mult}")
+  if mult != 1.0:
+    # Stateless, so the optimizer state (and any checkpoint of it) has the same leaves.
+    chain.append(optax.masked(optax.scale(mult), siglip_mask))
   tx = optax.chain(*chain)
   if bert_tower.is_bert(config.model) and int(bert_tower.settings(config.model).freeze_layers):
     def labels(params):

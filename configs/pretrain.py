@@ -110,6 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.b2 = 0.95
   config.optim.warmup_steps = 100 if cpu else 1_000
   config.optim.clip_norm = 1.0
+  # Learning-rate multiplier of the SigLIP temperature and bias (cgdmer_jax/optim.py).
+  config.optim.siglip_lr_mult = 1.0
   config.optim.grad_accum_steps = 1
 
   config.checkpoint = ml_collections.ConfigDict()
