@@ -4,7 +4,7 @@ The CG-DMER terms train the same parameters (the modality-shared encoder and bot
 backbones) at gradient scales orders of magnitude apart: on the tiny model the masked-ECG
 term's gradient there is 100-1000x below SigLIP's once its decoder predicts the mean, and
 Adam, which normalises each parameter's step by the sum of every term's gradient, then moves
-the encoder for the other terms only (docs/MODEL.md, "Why the terms compete").
+the encoder for the other terms only (docs/RECIPE.md, "Why the terms compete").
 
 `loss.balance='grad_norm'` measures each term's unweighted gradient norm G_t on the
 parameters terms share (`diagnostics.GROUPS`, all groups together) every

@@ -143,7 +143,7 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # PTB-XL: val ECG loss 0.744 against 0.827 with a bare Dense; docs/MODEL.md).
   m.patch_norm = True
   # Needs patch_norm: adds each patch's mean and log std back to its token (models/ecg.py), the
-  # amplitude the patch LayerNorm removes. Measured worse on super/sub (docs/MODEL.md).
+  # amplitude the patch LayerNorm removes. Measured worse on super/sub (docs/RECIPE.md).
   m.patch_stats = False
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True

@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.variant = args.variant
   # tiny: 3 000 steps (about 26 min on 2 CPU cores at batch 32). Against 2 000, the same seed
   # on PTB-XL + ptbxl_extra: val masked-ECG loss 0.655 against 0.779, zero-shot super +1.2
-  # (docs/MODEL.md, "Schedule length and patch amplitude").
+  # (docs/RECIPE.md, "Schedule length and patch amplitude").
   config.total_steps = 3_000 if cpu else 20_000
   # Stop after this many steps in this process, with a checkpoint (0: run to total_steps).
   # For cluster job slots shorter than the whole run: resubmit the same command to continue.
@@ -90,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (measured every balance_every_steps steps on the step's batch, EMA decay balance_decay,
   # multipliers within [1/balance_max, balance_max]); the loss.<term> weights are then the
   # terms' priorities. 'none': the static weights (the masked-ECG term then barely trains
-  # the encoder: docs/MODEL.md, "Why the terms compete").
+  # the encoder: docs/RECIPE.md, "Why the terms compete").
   config.loss.balance = "grad_norm"
   # One measurement costs about a forward and four backward passes (tiny on 2 CPU cores:
   # +20-28 % step time at every 10 steps). small/base: scaled with their 10x longer schedule.

@@ -35,7 +35,7 @@ PROBE_FEATURES = ("shared", "specific", "concat")
 # `loss.balance='grad_norm'` (balance.py) the weights of a variant with two or more terms are
 # priorities: each term's gradient on the shared parameters gets its weight times the terms'
 # geometric-mean norm, so SigLIP (4) keeps two thirds of the full model's pull and the masked
-# ECG and report terms one sixth each (docs/MODEL.md, "Why the terms compete").
+# ECG and report terms one sixth each (docs/RECIPE.md, "Why the terms compete").
 VARIANTS = {
     # SigLIP between (unmasked) ECG and report only.
     "contrastive": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
