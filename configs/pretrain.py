@@ -29,9 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.variant = args.variant
-  # tiny: 3 000 steps (about 26 min on 2 CPU cores at batch 32). Against 2 000, the same seed
-  # on PTB-XL + ptbxl_extra: val masked-ECG loss 0.655 against 0.779, zero-shot super +1.2
-  # (docs/RECIPE.md, "Schedule length and patch amplitude").
+  # CPU sizes: 3 000 steps (tiny: about 26 min on 2 CPU cores at batch 32). Against 2 000,
+  # seeds 0-2 on PTB-XL + ptbxl_extra: val masked-ECG loss 0.651-0.693 against 0.759-0.779,
+  # probe 100 % super +1.0, zero-shot super unchanged (docs/RECIPE.md, "The default recipe
+  # over three seeds").
   config.total_steps = 3_000 if cpu else 20_000
   # Stop after this many steps in this process, with a checkpoint (0: run to total_steps).
   # For cluster job slots shorter than the whole run: resubmit the same command to continue.
