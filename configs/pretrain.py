@@ -6,7 +6,7 @@ Usage:
 
 Config arg keys (after `:`): size (tiny|mini|small|base), variant (full|contrastive|ecg_mask|
 text_mask|ecg_mask_only, the paper's ablation rows), fs (data sampling rate, default 100 for
-tiny and 500 otherwise), text (transformer|bert: the report backbone; bert is BERT-base, or
+tiny and mini, 500 otherwise), text (transformer|bert: the report backbone; bert is BERT-base, or
 the checkpoint of --config.model.text.init_from=DIR, a local Hugging Face folder; see
 docs/MODEL.md).
 """

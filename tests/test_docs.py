@@ -4,23 +4,25 @@ import pathlib
 import re
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache"}
-TEXT = {".py", ".md", ".cfg", ".toml", ".txt", ".sh", ".yaml", ".yml", ".json"}
-CONFLICT = re.compile(r"^(<<<<<<< |>>>>>>> |=======$)", re.M)
+# What the project ships: its packages, docs and CI, and the files at the top level (not
+# runs/, virtual environments or the embedded data).
+DIRS = ("cgdmer_jax", "data_pipelines", "configs", "tests", "docs", ".ci")
+TEXT = {".py", ".md", ".cfg", ".toml", ".txt", ".sh", ".yaml", ".yml", ""}
+CONFLICT = re.compile(r"^(<<<<<<<|>>>>>>>)( |$)", re.M)
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
-def _files(suffixes):
-  for path in sorted(REPO.rglob("*")):
-    rel = path.relative_to(REPO)
-    if path.is_file() and path.suffix in suffixes and not SKIP_DIRS & set(rel.parts) \
-        and rel.parts[:2] != ("tests", "data"):
-      yield path
+def _files():
+  paths = [p for p in REPO.iterdir() if p.is_file()]
+  for d in DIRS:
+    paths += [p for p in (REPO / d).rglob("*") if p.is_file()
+              and "__pycache__" not in p.parts and (REPO / "tests" / "data") not in p.parents]
+  return sorted(p for p in paths if p.suffix in TEXT)
 
 
 def test_no_merge_conflict_markers():
   bad = [f"{p.relative_to(REPO)}:{text.count(chr(10), 0, m.start()) + 1}"
-         for p in _files(TEXT) for text in [p.read_text(errors="replace")]
+         for p in _files() for text in [p.read_text(errors="replace")]
          for m in CONFLICT.finditer(text)]
   assert not bad, f"merge-conflict markers left in: {bad}"
 
