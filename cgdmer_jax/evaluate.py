@@ -38,7 +38,8 @@ _RANDOM = flags.DEFINE_bool("random_init", False, "Also evaluate a randomly init
                             "encoder of the first model's architecture.")
 _BASELINES = flags.DEFINE_list("baselines", [], "Hand-crafted feature baselines scored "
                                "beside the models: band_power (log Welch power in 15 bands of "
-                               "3 Hz per lead, 180 numbers).")
+                               "3 Hz per lead, 180 numbers), band_power_zscore (the same after "
+                               "the model's per-lead z-score: no amplitude).")
 _SEED = flags.DEFINE_integer("random_seed", 0, "Seed of the random-init baseline.")
 _TASKS = flags.DEFINE_list("tasks", ["ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm",
                                      "cpsc2018", "csn"], "Benchmark tasks.")

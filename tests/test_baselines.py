@@ -51,3 +51,22 @@ def test_band_power_is_scored_like_a_model(embedded_data, tmp_path):
   assert cell["classes_scored"] == 5 and cell["train_rows"] == 191
   assert 0.6 < cell["auc"] < 1.0
   assert cell["interval"][0] <= cell["auc"] <= cell["interval"][1]
+
+
+def test_band_power_zscore_sees_no_amplitude():
+  ecg, valid, leads = _records()
+  mv = baselines.bandpower_encoder(100, 10.0)
+  zs = runner.BASELINES["band_power_zscore"](100, 10.0)
+  assert (mv.name, zs.name) == ("band_power", "band_power_zscore")
+  f_mv = mv.ecg_fn(ecg, valid, leads)["shared"]
+  f_zs = zs.ecg_fn(ecg, valid, leads)["shared"]
+  assert f_zs.shape == f_mv.shape and np.all(np.isfinite(f_zs))
+  # Scaling a record by 10 moves the millivolt band powers by 2 and the z-scored ones not at all.
+  f_zs10 = zs.ecg_fn(10 * ecg, valid, leads)["shared"]
+  np.testing.assert_allclose(f_zs10, f_zs, atol=1e-4)
+  assert np.abs(f_zs - f_mv).max() > 0.5
+  # Each z-scored lead has unit variance: its power below 45 Hz (PSD x 0.5 Hz bins) is at most 1.
+  power = 0.5 * (10.0 ** f_zs.reshape(4, 12, 15)).sum(-1)
+  assert np.all(power[leads] < 1.05) and np.all(power[leads] > 0.5)
+  with pytest.raises(ValueError, match="unknown normalize"):
+    baselines.bandpower_encoder(100, 10.0, normalize="minmax")

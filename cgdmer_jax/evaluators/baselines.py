@@ -7,6 +7,11 @@ probes. Per lead, Welch's power spectral density over the record's valid samples
 0 to 45 Hz (QRS, P/T waves and their harmonics; mains hum at 50/60 Hz excluded) and log10'd:
 12 x 15 = 180 numbers. A lead that was not recorded gives zeros (the probe standardises the
 columns, so a constant column carries nothing).
+
+`band_power_zscore` computes the same numbers after the model's own amplitude normalisation
+(`models/normalize.py`, 'zscore': each lead of each record to mean 0, std 1): the floor of an
+encoder that sees the waveform's shape but not its voltage. The gap between the two baselines
+is what the normalisation takes away (docs/RECIPE.md: most of it is HYP).
 """
 
 from __future__ import annotations
@@ -49,24 +54,35 @@ def band_powers(ecg_BxCxT: np.ndarray, valid_len_B: np.ndarray, lead_mask_BxC: n
   return out.reshape(B, C * bands)
 
 
-def bandpower_encoder(fs: int, seconds: float, *, batch_size: int = 64):
+def bandpower_encoder(fs: int, seconds: float, *, batch_size: int = 64,
+                      normalize: str = "none"):
   """An `inference.Encoder` whose features (every kind) are the 180 band powers.
 
   Args:
     fs: sampling rate the records are canonicalised to.
     seconds: record duration kept.
     batch_size: records per call.
+    normalize: amplitude normalisation before the spectrum, a `models.normalize.METHODS`
+      name: 'none' (millivolts, the `band_power` baseline) or 'zscore' (`band_power_zscore`).
 
   Returns:
     The encoder (`text_fn` None: zero-shot is skipped for it).
   """
   from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.models import normalize as normalize_lib  # pylint: disable=g-import-not-at-top
+
+  if normalize not in normalize_lib.METHODS:
+    raise ValueError(f"unknown normalize {normalize!r}; known: {normalize_lib.METHODS}")
 
   def ecg_fn(ecg_BxCxT, valid_len_B, lead_mask_BxC):
-    feats = band_powers(np.asarray(ecg_BxCxT), np.asarray(valid_len_B),
-                        np.asarray(lead_mask_BxC), fs)
+    ecg = np.asarray(ecg_BxCxT)
+    if normalize != "none":
+      ecg = np.asarray(normalize_lib.normalize_ecg(ecg, np.asarray(valid_len_B),
+                                                   np.asarray(lead_mask_BxC), normalize))
+    feats = band_powers(ecg, np.asarray(valid_len_B), np.asarray(lead_mask_BxC), fs)
     return {"embedding": feats, "shared": feats, "specific": feats}
 
+  name = "band_power" if normalize == "none" else f"band_power_{normalize}"
   return inference.Encoder(ecg_fn=ecg_fn, text_fn=None, tokenizer_path=None, fs=fs,
-                           seconds=seconds, max_report_len=0, name="band_power",
+                           seconds=seconds, max_report_len=0, name=name,
                            batch_size=batch_size)

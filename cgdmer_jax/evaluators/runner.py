@@ -17,6 +17,7 @@ super-class ECGs of the evaluated split).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Sequence
@@ -244,7 +245,9 @@ def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.P
   return out
 
 
-BASELINES = {"band_power": baselines_lib.bandpower_encoder}
+BASELINES = {"band_power": baselines_lib.bandpower_encoder,
+             "band_power_zscore": functools.partial(baselines_lib.bandpower_encoder,
+                                                    normalize="zscore")}
 
 
 def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
