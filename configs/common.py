@@ -143,8 +143,10 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # PTB-XL: val ECG loss 0.744 against 0.827 with a bare Dense; docs/MODEL.md).
   m.patch_norm = True
   # Needs patch_norm: adds each patch's mean and log std back to its token (models/ecg.py), the
-  # amplitude the patch LayerNorm removes. Measured worse on super/sub (docs/RECIPE.md).
-  m.patch_stats = False
+  # amplitude the patch LayerNorm removes. On millivolts (`data.normalize='none'`, the default)
+  # that is the voltage: better on every term and task measured (docs/RECIPE.md "Amplitude");
+  # on z-scored leads only the amplitude relative to the lead, measured worse on super/sub.
+  m.patch_stats = True
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True
   # Compute dtype ('float32' | 'bfloat16'); parameters, norms, softmax and losses stay float32.

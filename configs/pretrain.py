@@ -53,8 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Global batches built this many steps ahead on a background thread (prefetch.device_batches),
   # so reading and the host-to-device copy overlap the running step; 0 = on demand.
   config.data.prefetch = 2
-  # 'zscore': per record and lead over the valid samples; 'none': millivolts as stored.
-  config.data.normalize = "zscore"
+  # 'none': millivolts as stored (the default: with `model.patch_stats` the tokens see the
+  # voltage, which carries hypertrophy); 'zscore': per record and lead over the valid samples
+  # (removes it; tiny, val PTB-XL super: HYP probe 71 against 80 for band power on mV,
+  # docs/RECIPE.md "Amplitude").
+  config.data.normalize = "none"
   config.data.train_split = "train"
   config.data.val_split = "val"
   # A record failing its CRC: 'error' stops (naming the shard, state saved); 'skip' reads past

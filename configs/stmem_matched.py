@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A bare Dense patch embedding, as in the measured comparison (docs/PERFORMANCE.md); ST-MEM
   # LayerNorms the patches before and after it (our default, model.patch_norm=True).
   m.patch_norm = False
+  m.patch_stats = False  # needs the patch LayerNorm; ST-MEM has neither
   # Token masking only, ST-MEM's ratio.
   config.mask.lead_ratio = 0.0
   config.mask.time_ratio = 0.0

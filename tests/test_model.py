@@ -208,8 +208,24 @@ def test_patch_stats_give_tokens_the_amplitude_the_patch_norm_removes():
   np.testing.assert_allclose(got[..., 0], moved.mean(-1), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got[..., 1], np.log(np.asarray(moved).std(-1) + 0.01), rtol=1e-5)
   # Without the patch LayerNorm the tokens already see the amplitude: asking for both fails.
-  with pytest.raises(ValueError, match="patch_stats=True needs model.patch_norm"):
+  with pytest.raises(ValueError, match=r"needs model.patch_norm=True.*patch_stats=False"):
     ecg.ECGEncoder(_config(patch_norm=False, patch_stats=True), rngs=nnx.Rngs(0))
+
+
+def test_default_encoder_sees_the_voltage():
+  """Hypertrophy is read from voltage: the default tokens change when a record is scaled,
+  z-scored leads (data.normalize='zscore') make them blind to it (docs/RECIPE.md)."""
+  config = _config()
+  assert config.data.normalize == "none" and config.model.patch_stats
+  batch = _batch(config)
+  args = (batch["valid_len"], batch["lead_mask"])
+  for normalize, sees in (("none", True), ("zscore", False)):
+    config.data.normalize = normalize
+    enc = cgdmer.CGDMER(config, rngs=nnx.Rngs(0)).ecg
+    a = enc(batch["ecg"], *args)["tokens"]
+    b = enc(2.0 * batch["ecg"], *args)["tokens"]
+    delta = float(jnp.max(jnp.abs(a - b)))
+    assert (delta > 1e-2) if sees else (delta < 1e-4), (normalize, delta)
 
 
 def test_sincos_positions():
@@ -222,8 +238,9 @@ def test_sincos_positions():
 @pytest.mark.parametrize("model", [
     dict(shared_width=32, shared_depth=0, specific_depth=0),   # adapters + LayerNorm/Dense
     dict(scan_layers=True, remat=True, dtype="bfloat16"),
-    dict(patch_norm=True),                                      # ST-MEM patch embedding
-    dict(patch_norm=True, patch_stats=True),                    # + patch amplitude
+    dict(patch_norm=True, patch_stats=False),                   # ST-MEM patch embedding
+    dict(patch_norm=True, patch_stats=True),                    # + patch amplitude (default)
+    dict(patch_norm=False, patch_stats=False),                  # bare Dense
 ])
 def test_config_options_trace_with_gradients(model):
   """Options not compiled elsewhere: forward + backward trace (no compile) and shapes."""

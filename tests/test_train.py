@@ -66,7 +66,7 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   """A run made with other model settings (here: before a default changed) is not resumed
   into a mismatching parameter tree: the differing keys are named and config.json is kept."""
   from cgdmer_jax.data import reader
-  old = tiny_config(ptbxl_tfrecords, **{"model.patch_norm": False})
+  old = tiny_config(ptbxl_tfrecords, **{"model.patch_norm": False, "model.patch_stats": False})
   train.apply_dataset_info(old, reader.load_info(old.data.dir))
   saved = json.loads(old.to_json_best_effort())
   del saved["model"]["patch_norm"]          # written before the setting existed

@@ -22,7 +22,8 @@ from flax import nnx
 from cgdmer_jax.models import layers, normalize, patching
 
 
-STATS_STD_FLOOR = 1e-2  # of a z-scored lead: a flat (or zero-padded) patch maps to log 0.01
+# 0.01 mV (or 0.01 of a z-scored lead's std): a flat or zero-padded patch maps to log 0.01.
+STATS_STD_FLOOR = 1e-2
 
 
 def patch_stats(patches_BxKxP: jax.Array) -> jax.Array:
@@ -55,8 +56,9 @@ class ECGEncoder(nnx.Module):
     # back as a projection of the patch's mean and log standard deviation.
     self.patch_stats = bool(m.get("patch_stats", False))
     if self.patch_stats and not self.patch_norm:
-      raise ValueError("model.patch_stats=True needs model.patch_norm=True (without the patch "
-                       "LayerNorm the tokens already carry the amplitude)")
+      raise ValueError("model.patch_stats=True (the default) needs model.patch_norm=True; "
+                       "with a bare Dense patch embedding set model.patch_stats=False (the "
+                       "tokens already carry the amplitude)")
     if self.patch_stats:
       self.stats_proj = layers.dense(2, m.ecg_width, dtype=dtype, rngs=rngs)
     self.lead_embed = nnx.Param(layers.EMBED_INIT(rngs.params(), (m.num_leads, m.ecg_width)))
