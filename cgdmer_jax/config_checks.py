@@ -169,8 +169,8 @@ _IMPLIED_WHEN_ABSENT = {
 def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """A workdir that holds checkpoints must be resumed with its own model settings.
 
-  Compares `config.model` and the loss terms that build branches with the run's
-  `config.json` before it is overwritten, so a changed setting (or a default that changed
+  Compares `config.model`, `data.normalize` and the loss terms that build branches with the
+  run's `config.json` before it is overwritten, so a changed setting (or a default that changed
   since the run started) is named here instead of surfacing as an Orbax tree mismatch.
 
   Raises:
@@ -194,6 +194,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
       continue  # a run from before the setting existed, built as it now says
     if was is absent or was != now:
       diffs.append((f"model.{key}", was, now))
+  # The input scaling the weights were trained on (the default changed from 'zscore').
+  was = saved.get("data", {}).get("normalize", absent)
+  if was is not absent and was != config.data.normalize:
+    diffs.append(("data.normalize", was, config.data.normalize))
   for key in ("ecg", "text", "contrastive", "disentangle"):
     was = saved.get("loss", {}).get(key, absent)
     if was is absent or (was > 0) != (config.loss[key] > 0):

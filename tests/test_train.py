@@ -79,6 +79,14 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   assert "model.patch_norm: the run has (absent" in str(e.value)
   assert "--config.model.ecg_depth=2" in str(e.value)
   assert json.loads((workdir / "config.json").read_text()) == saved
+  # A run trained on z-scored input is not resumed on millivolts.
+  zscored = tiny_config(ptbxl_tfrecords)
+  train.apply_dataset_info(zscored, reader.load_info(zscored.data.dir))
+  saved = json.loads(zscored.to_json_best_effort())
+  saved["data"]["normalize"] = "zscore"
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_checks.ConfigError, match="--config.data.normalize=zscore"):
+    config_checks.check_resume(zscored, workdir)
   # Runtime knobs may change on resume.
   runtime = tiny_config(ptbxl_tfrecords, **{"model.remat": True})
   train.apply_dataset_info(runtime, reader.load_info(runtime.data.dir))
