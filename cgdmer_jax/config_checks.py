@@ -163,6 +163,7 @@ _IMPLIED_WHEN_ABSENT = {
     "text": lambda t: t.get("kind") == "transformer" and not t.get("init_from"),
     "special_ids": lambda ids: True,
     "normal_ids_start": lambda n: True,
+    "patch_stats": lambda on: not on,   # runs from before it were built without it
 }
 
 
