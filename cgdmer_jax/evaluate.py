@@ -14,7 +14,8 @@ ablation variants are evaluated by listing their workdirs. The data root holds `
 
 `--split=val` reports val and never reads test (for recipe decisions). Every macro AUC comes
 with a 95 % bootstrap interval; `--compare=A,B` (default: the first model against the
-random-init baseline) adds the paired interval of A - B. `--group=NAME=A+B+C` (repeatable)
+random-init baseline) adds the paired interval of A - B; `--compare=A@10,B@100` pairs A's
+probe cells at 10 % of the labels with B's at 100 %. `--group=NAME=A+B+C` (repeatable)
 adds the mean over models A, B, C (one recipe pretrained with several seeds) as a row NAME,
 with the interval of that mean; groups can be compared like models. See docs/EVALUATION.md.
 
@@ -64,7 +65,8 @@ _CSN_LABELS = flags.DEFINE_list("csn_labels", ["merl"], "Readings of the CSN lab
                                 "'exact' (diagnosis tokens); both: merl,exact.")
 _COMPARE = flags.DEFINE_list("compare", None, "Model names A,B[,C,D...]: paired bootstrap "
                              "interval of A - B (and C - D, ...; default: first model vs "
-                             "random init).")
+                             "random init). NAME@PCT pairs probe cells at different label "
+                             "fractions, e.g. A@10,B@100.")
 _GROUP = flags.DEFINE_multi_string("group", [], "NAME=A+B[+C...]: a seed group, the mean "
                                    "over the evaluated models A, B, ... (one recipe, several "
                                    "seeds) as one more row, usable in --compare. Repeatable.")

@@ -213,9 +213,53 @@ def test_csn_exact_labels_embedded(embedded_data):
 def test_compare_flag_takes_pairs():
   assert runner.compare_pairs(["A", "B"]) == [("A", "B")]
   assert runner.compare_pairs(["A", "B", "A", "C"]) == [("A", "B"), ("A", "C")]
+  assert runner.compare_pairs(["A@10", "B@100"]) == [("A@10", "B@100")]
   for bad in ([], ["A"], ["A", "B", "C"]):
     with pytest.raises(ValueError, match="pairs of model names"):
       runner.compare_pairs(bad)
+  for bad in ("A@ten", "A@0", "A@150", "@10"):
+    with pytest.raises(ValueError, match="--compare operand"):
+      runner.compare_pairs([bad, "B"])
+  assert report.split_operand("run@1.0") == ("run", "1")
+  assert report.split_operand("a@b@10") == ("a@b", "10")
+
+
+def _probe_result(name, y, s_by_pct):
+  counts = bootstrap.resample_counts(len(y))
+  return {"model": name, "split": "val", "tasks": {"t": {
+      "_y": y, "_rows": np.arange(len(y)),
+      "zero_shot": cells.score(y, s_by_pct["100"], ["a", "b", "c"], counts),
+      "linear_probe": {"logreg": {"shared": {
+          pct: cells.score(y, s, ["a", "b", "c"], counts) for pct, s in s_by_pct.items()}}}}}}
+
+
+def test_compare_across_label_fractions_pairs_the_named_cells():
+  y, strong = _scored(300, signal=3.0)
+  weak = strong + np.random.default_rng(3).normal(scale=3.0, size=strong.shape)
+  # Model A is strong at 10 % and weak at 100 %; B the reverse.
+  a = _probe_result("A", y, {"10": strong, "100": weak})
+  b = _probe_result("B", y, {"10": weak, "100": strong})
+  across = report.compare(a, b, percentages=("10", "100"))
+  assert across["a"] == "A@10" and across["b"] == "B@100"
+  rows = across["tasks"]["t"]
+  assert list(rows) == ["linear probe 10% vs 100% logreg shared"]  # no zero-shot row
+  assert rows["linear probe 10% vs 100% logreg shared"]["interval"] == [0.0, 0.0]
+  # The same cell on both sides differs: A@100 against B@100 is weak minus strong.
+  same = report.compare(a, b, percentages=("100", None))["tasks"]["t"]
+  assert list(same) == ["linear probe 100% logreg shared"]
+  assert same["linear probe 100% logreg shared"]["interval"][1] < 0
+  want = bootstrap.paired_interval(y, weak, strong, bootstrap.resample_counts(300))
+  assert same["linear probe 100% logreg shared"]["difference"] == pytest.approx(
+      want["difference"])
+  assert "| A@10 − B@100 | linear probe 10% vs 100% logreg shared |" in (
+      report.compare_markdown(across))
+
+
+def test_compare_percentage_must_be_evaluated(tmp_path):
+  with pytest.raises(ValueError, match=r"percentage 50 is not among the evaluated"):
+    runner.evaluate_models([str(tmp_path / "run")], task_names=["ptbxl_super"],
+                           fractions=[0.1, 1.0], data_root=str(tmp_path),
+                           compare=[("run@50", "band_power@100")])
 
 
 def _result(name, y, s, rows=None):

@@ -4,7 +4,8 @@ A cell reads `72.3 (68.1–76.0)`: macro ROC-AUC x 100 on the evaluated split an
 bootstrap interval; MERL's probe adds `[74.0]`, its max over epochs (selected on the evaluated
 split, as MERL reports it). A cell without a number reads "–", and its reason is listed under
 the table. `compare` scores two models on the records both have, with the same resamples,
-and gives the paired interval of the difference.
+and gives the paired interval of the difference, cell against cell or (`NAME@PCT`) a probe
+cell at one label fraction against another's at a different one.
 """
 
 from __future__ import annotations
@@ -96,18 +97,65 @@ def markdown(all_results: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def compare(a: dict, b: dict, resamples: int = bootstrap.NUM_RESAMPLES, seed: int = 0) -> dict:
+def split_operand(operand: str) -> tuple[str, str | None]:
+  """`--compare` operand -> (model name, label percentage or None): 'amp@10' -> ('amp', '10').
+
+  A suffix `@PCT` picks that side's linear-probe cells at PCT % of the labels, so cells of
+  different fractions can be differenced (10 % of one model against 100 % of another). The
+  percentage is written as the results key it names ('10', '100', '1', '0.5').
+  """
+  name, sep, pct = operand.rpartition("@")
+  if not sep:
+    return operand, None
+  try:
+    value = float(pct)
+  except ValueError:
+    raise ValueError(f"--compare operand {operand!r}: the part after '@' must be a label "
+                     f"percentage such as 10 or 100") from None
+  if not name or not 0 < value <= 100:
+    raise ValueError(f"--compare operand {operand!r}: expected NAME@PCT with 0 < PCT <= 100")
+  return name, f"{value:g}"
+
+
+def _paired_cells(ea: dict, eb: dict, pct_a: str | None, pct_b: str | None
+                  ) -> Iterator[tuple[str, dict, dict]]:
+  """(label, cell of A, cell of B) to difference: the same metric, or with a percentage on
+  either side the same probe and features at A's and B's percentages (the side without one
+  takes the other's)."""
+  if pct_a is None and pct_b is None:
+    cells_b = dict(cells_of(eb))
+    for label, ca in cells_of(ea):
+      if label in cells_b:
+        yield label, ca, cells_b[label]
+    return
+  pa, pb = pct_a or pct_b, pct_b or pct_a
+  for probe, by_feature in ea.get("linear_probe", {}).items():
+    for feat, by_fraction in by_feature.items():
+      ca = by_fraction.get(pa)
+      cb = eb.get("linear_probe", {}).get(probe, {}).get(feat, {}).get(pb)
+      if ca is not None and cb is not None:
+        label = f"linear probe {pa}%" + (f" vs {pb}%" if pb != pa else "")
+        yield f"{label} {probe} {feat}", ca, cb
+
+
+def compare(a: dict, b: dict, resamples: int = bootstrap.NUM_RESAMPLES, seed: int = 0,
+            percentages: tuple[str | None, str | None] = (None, None)) -> dict:
   """Paired differences A - B of every cell both models have a number for.
 
   Args:
     a, b: results of `runner.evaluate_encoder` on the same tasks and split (with their
       private scores).
     resamples, seed: bootstrap settings.
+    percentages: (A's, B's) label percentage (`split_operand`); None on both sides pairs each
+      cell with the same cell of B, a percentage on either side pairs A's probe cells at its
+      percentage with B's at its own (e.g. ('10', '100')).
 
   Returns:
     {"a", "b", "split", "tasks": {task: {metric: {difference, interval, records, classes}}}}.
   """
-  out = {"a": a["model"], "b": b["model"], "split": a.get("split"), "tasks": {}}
+  pct_a, pct_b = percentages
+  out = {"a": a["model"] + (f"@{pct_a}" if pct_a else ""),
+         "b": b["model"] + (f"@{pct_b}" if pct_b else ""), "split": a.get("split"), "tasks": {}}
   for task, ea in a["tasks"].items():
     eb = b["tasks"].get(task)
     if eb is None or "_rows" not in ea or "_rows" not in eb:
@@ -117,11 +165,9 @@ def compare(a: dict, b: dict, resamples: int = bootstrap.NUM_RESAMPLES, seed: in
       continue
     y = ea["_y"][ia]
     counts = bootstrap.resample_counts(len(common), resamples, seed)
-    cells_b = dict(cells_of(eb))
     rows = {}
-    for metric, ca in cells_of(ea):
-      cb = cells_b.get(metric)
-      if ca.get("auc") is None or cb is None or cb.get("auc") is None:
+    for metric, ca, cb in _paired_cells(ea, eb, pct_a, pct_b):
+      if ca.get("auc") is None or cb.get("auc") is None:
         continue
       cols = sorted(set(ca["_columns"]) & set(cb["_columns"]))
       cols = [j for j in cols if 0 < y[:, j].sum() < len(y)]

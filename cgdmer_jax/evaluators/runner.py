@@ -67,9 +67,15 @@ class Protocol:
 
 
 def compare_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-  """`--compare` A,B,C,D -> [(A, B), (C, D)]; an odd or empty list is refused."""
+  """`--compare` A,B,C,D -> [(A, B), (C, D)]; an odd or empty list is refused.
+
+  An operand may name a label percentage, `A@10,B@100` (`report.split_operand`); it is
+  checked here for its form and against the evaluated models and fractions later.
+  """
   if not names or len(names) % 2:
     raise ValueError(f"--compare takes pairs of model names A,B[,C,D...], got {list(names)}")
+  for n in names:
+    report.split_operand(n)
   return list(zip(names[::2], names[1::2]))
 
 
@@ -260,7 +266,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     baselines: hand-crafted feature baselines scored beside the models (`BASELINES` keys,
       e.g. 'band_power'), canonicalised as the first model's records.
     compare: (A, B) model-name pairs whose paired differences are computed; None: the
-      first model against the random-init baseline when there is one. A and B may be groups.
+      first model against the random-init baseline when there is one. A and B may be groups,
+      and either may carry a label percentage (`A@10`, `report.split_operand`).
     groups: `NAME=A+B[+...]` specs (`seeds.parse_groups`): seed groups of evaluated models,
       added as rows after the models (`seeds.group_result`).
     Others: as `evaluate_encoder`; `step` picks the checkpoint of training workdirs.
@@ -281,6 +288,13 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
                      "(and merl_zeroshot/ for the prompts)")
   if not pathlib.Path(data_root).is_dir():
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
+  evaluated_pcts = [f"{100 * f:g}" for f in fractions]
+  for pair in compare or ():
+    bad_pct = [p for _, p in map(report.split_operand, pair)
+               if p is not None and p not in evaluated_pcts]
+    if bad_pct:
+      raise ValueError(f"--compare {','.join(pair)}: label percentage {bad_pct[0]} is not "
+                       f"among the evaluated --fractions {evaluated_pcts}")
   out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
   encoders = [inference.load(w, step=step, batch_size=batch_size) for w in workdirs]
   if random_init:
@@ -301,11 +315,14 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   group_members = seeds.parse_groups(groups, names)
   if compare is None:
     compare = [(names[0], names[-1])] if random_init else []
+  operands = []
   for pair in compare:
-    bad = [m for m in pair if m not in names and m not in group_members]
+    split = [report.split_operand(m) for m in pair]
+    bad = [m for m, _ in split if m not in names and m not in group_members]
     if len(pair) != 2 or bad:
       raise ValueError(f"--compare needs two of the evaluated models or groups "
                        f"{names + list(group_members)}, got {list(pair)}")
+    operands.append(split)
   all_results = []
   for enc, name in zip(encoders, names):
     res = evaluate_encoder(enc, task_names, fractions, data_root=data_root,
@@ -320,8 +337,9 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     _write_results(out / group.replace("/", "_"), res)
     by_name[group] = res
     all_results.append(res)
-  comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed)
-                 for a, b in compare]
+  comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed,
+                                percentages=(pa, pb))
+                 for (a, pa), (b, pb) in operands]
   out.mkdir(parents=True, exist_ok=True)
   text = report.markdown(all_results)
   for c in comparisons:
