@@ -67,12 +67,6 @@ def main(argv) -> int:
       kwargs = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                     process_id=_PROCESS_ID.value)
     jax.distributed.initialize(**kwargs)
-    if jax.process_count() > 1:
-      # The first cross-process computation sets up the CPU collectives (gloo), whose key
-      # exchange waits 30 s at most: do it here, where the processes are in step, not after
-      # each one's own compile of the train step (which differ by more on a loaded host).
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("cgdmer_jax.main start")
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
