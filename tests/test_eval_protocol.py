@@ -222,6 +222,7 @@ def test_compare_flag_takes_pairs():
       runner.compare_pairs([bad, "B"])
   assert report.split_operand("run@1.0") == ("run", "1")
   assert report.split_operand("a@b@10") == ("a@b", "10")
+  assert report.split_operand("run") == ("run", None)
 
 
 def _probe_result(name, y, s_by_pct):

@@ -313,11 +313,12 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
       name += "_"
     names.append(name)
   group_members = seeds.parse_groups(groups, names)
-  if compare is None:
-    compare = [(names[0], names[-1])] if random_init else []
+  known = set(names) | set(group_members)
   operands = []
-  for pair in compare:
-    split = [report.split_operand(m) for m in pair]
+  if compare is None:  # names as they are: a workdir may be called `run@2`
+    operands = [((names[0], None), (names[-1], None))] if random_init else []
+  for pair in compare or ():
+    split = [(m, None) if m in known else report.split_operand(m) for m in pair]
     bad = [m for m, _ in split if m not in names and m not in group_members]
     if len(pair) != 2 or bad:
       raise ValueError(f"--compare needs two of the evaluated models or groups "
