@@ -4,7 +4,7 @@ r"""Evaluates pretrained encoders on the MERL benchmark: zero-shot and linear pr
       --tasks=ptbxl_super,ptbxl_sub,ptbxl_form,ptbxl_rhythm,cpsc2018,csn \
       --fractions=1,10,100 --data_root=DATA [--split=test|val] [--probe=merl,logreg] \
       [--features=shared,specific,concat] [--csn_labels=merl,exact] [--compare=A,B] \
-      [--group=NAME=A+B+C ...] [--tables_root=DIR] [--out=DIR]
+      [--group=NAME=A+B+C ...] [--scored=DIR[,DIR2,...]] [--tables_root=DIR] [--out=DIR]
 
 Each `--workdir` entry is a training workdir or an export folder; `--random_init` adds the
 same architecture with random weights (the baseline a pretrained encoder must beat); the
@@ -17,10 +17,14 @@ with a 95 % bootstrap interval; `--compare=A,B` (default: the first model agains
 random-init baseline) adds the paired interval of A - B; `--compare=A@10,B@100` pairs A's
 probe cells at 10 % of the labels with B's at 100 %. `--group=NAME=A+B+C` (repeatable)
 adds the mean over models A, B, C (one recipe pretrained with several seeds) as a row NAME,
-with the interval of that mean; groups can be compared like models. See docs/EVALUATION.md.
+with the interval of that mean; groups can be compared like models. `--scored=DIR` adds a
+model folder of an earlier evaluation (`<out>/<model>/`, with its `scores.npz`) as an
+evaluated model, without its checkpoint: seeds trained at different times are grouped and
+paired on the same records. See docs/EVALUATION.md.
 
-Writes `<out>/<model>/results.{json,md}` and `plots/`, and `<out>/summary.md` with every
-model's row and the comparisons (`comparisons.json`). Default --out: `<first workdir>/eval`.
+Writes `<out>/<model>/results.{json,md}`, `scores.npz` and `plots/`, and `<out>/summary.md`
+with every model's row and the comparisons (`comparisons.json`). Default --out: `<first
+workdir>/eval` (required when every model comes from --scored).
 Exit status: 0 done; 2 bad usage (unknown task, missing model or data); 1 other errors.
 """
 
@@ -70,6 +74,10 @@ _COMPARE = flags.DEFINE_list("compare", None, "Model names A,B[,C,D...]: paired 
 _GROUP = flags.DEFINE_multi_string("group", [], "NAME=A+B[+C...]: a seed group, the mean "
                                    "over the evaluated models A, B, ... (one recipe, several "
                                    "seeds) as one more row, usable in --compare. Repeatable.")
+_SCORED = flags.DEFINE_list("scored", [], "Model folders of earlier evaluations "
+                            "(<out>/<model>/ with results.json and scores.npz), added as "
+                            "evaluated models under their stored names, for --group and "
+                            "--compare; same --split and bootstrap settings required.")
 _RESAMPLES = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples per interval.")
 _EPOCHS = flags.DEFINE_integer("probe_epochs", 100, "MERL probe epochs (MERL: 100).")
 _PROBE_LR = flags.DEFINE_float("probe_lr", 1e-3, "MERL probe learning rate (Adam; MERL: 1e-3).")
@@ -107,12 +115,13 @@ def main(argv) -> int:
         task_names=runner.expand_csn(_TASKS.value, _CSN_LABELS.value), fractions=fractions,
         data_root=_DATA_ROOT.value, tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value,
         out=_OUT.value, protocol=protocol, compare=compare, batch_size=_BATCH.value,
-        step=_STEP.value, baselines=tuple(_BASELINES.value), groups=tuple(_GROUP.value))
+        step=_STEP.value, baselines=tuple(_BASELINES.value), groups=tuple(_GROUP.value),
+        scored=tuple(_SCORED.value))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   del results  # summary.md holds every model's rows and the paired comparisons
-  out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value[0]) / "eval")
+  out = pathlib.Path(_OUT.value) if _OUT.value else pathlib.Path(_WORKDIR.value[0]) / "eval"
   print((out / "summary.md").read_text())
   print(f"results and plots in {out}/")
   return 0

@@ -214,6 +214,23 @@ def test_evaluate_cli_seed_group_and_its_comparison(quick, tmp_path):
   assert diff["zero-shot"]["interval"] == [0.0, 0.0]
   assert (out / "recipe" / "results.json").exists()
   assert "| recipe | zero-shot |" in proc.stdout
+  # The two stored model folders, without the checkpoint: the same group and comparison.
+  again = tmp_path / "again"
+  proc = subprocess.run(
+      [sys.executable, "-m", "cgdmer_jax.evaluate", f"--scored={out / 'export'},{out / 'export_'}",
+       "--tasks=ptbxl_super", "--split=val", "--bootstrap=100", "--group=recipe=export+export_",
+       "--compare=recipe,export", f"--out={again}"],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((again / "summary.json").read_text())[2]["tasks"] == summary[2]["tasks"]
+  assert json.loads((again / "comparisons.json").read_text()) == json.loads(
+      (out / "comparisons.json").read_text())
+  # Stored on val with 100 resamples: another split or bootstrap is a usage error.
+  bad = subprocess.run(
+      [sys.executable, "-m", "cgdmer_jax.evaluate", f"--scored={out / 'export'}",
+       "--tasks=ptbxl_super", "--split=val", f"--out={again}2"],
+      cwd=conftest.REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "bootstrap resamples 100" in bad.stderr
   # A group naming a model that was not evaluated is a usage error.
   bad = subprocess.run(
       [sys.executable, "-m", "cgdmer_jax.evaluate", f"--workdir={export}", "--tasks=ptbxl_super",

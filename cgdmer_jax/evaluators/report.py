@@ -16,6 +16,7 @@ import numpy as np
 
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import seeds
+from cgdmer_jax.evaluators import stored
 
 
 def _pct(v) -> str:
@@ -164,6 +165,7 @@ def compare(a: dict, b: dict, resamples: int = bootstrap.NUM_RESAMPLES, seed: in
     if not len(common):
       continue
     y = ea["_y"][ia]
+    stored.check_same_labels(a["model"], y, b["model"], eb["_y"][ib], task)
     counts = bootstrap.resample_counts(len(common), resamples, seed)
     rows = {}
     for metric, ca, cb in _paired_cells(ea, eb, pct_a, pct_b):

@@ -9,8 +9,9 @@ then intersected with the rows that could be read, so an unreadable record chang
 its own row; the number dropped is printed and stored.
 
 Writes into `out_dir`: `results.json` (everything: per-class AUCs and intervals, untrained and
-skipped classes, rows left out, counts, positives per class), `results.md` (the table) and
-`plots/` (per-class AUC bars and macro AUCs with intervals per task, t-SNE of the PTB-XL
+skipped classes, rows left out, counts, positives per class), `results.md` (the table),
+`scores.npz` (the per-record labels and scores behind every cell, so that `--scored` can group
+and pair the model later without scoring it again; `stored.py`) and `plots/` (per-class AUC bars and macro AUCs with intervals per task, t-SNE of the PTB-XL
 super-class ECGs of the evaluated split).
 """
 
@@ -33,6 +34,7 @@ from cgdmer_jax.evaluators import plots
 from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import report
 from cgdmer_jax.evaluators import seeds
+from cgdmer_jax.evaluators import stored
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
 
@@ -220,10 +222,12 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
 
 
 def _write_results(out_dir: pathlib.Path, results: dict) -> None:
-  """`results.json` (private keys dropped) and `results.md` of one model or group."""
+  """`results.json` (private keys dropped), `results.md` and, for a model, `scores.npz` (its
+  private per-record arrays, `stored.save`) of one model or group."""
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "results.json").write_text(json.dumps(_clean(results), indent=2))
+  (out_dir / stored.RESULTS_FILE).write_text(json.dumps(_clean(results), indent=2))
   (out_dir / "results.md").write_text(report.markdown([results]))
+  stored.save(out_dir, results)
 
 
 def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.Path]:
@@ -259,7 +263,7 @@ BASELINES = {"band_power": baselines_lib.bandpower_encoder,
 def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
                     data_root, tables_root=None, prompts=None, out=None,
                     protocol: Protocol = Protocol(), compare=None, batch_size=64,
-                    progress=True, step=None, baselines=(), groups=()) -> list[dict]:
+                    progress=True, step=None, baselines=(), groups=(), scored=()) -> list[dict]:
   """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
 
   Args:
@@ -270,6 +274,9 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
       and either may carry a label percentage (`A@10`, `report.split_operand`).
     groups: `NAME=A+B[+...]` specs (`seeds.parse_groups`): seed groups of evaluated models,
       added as rows after the models (`seeds.group_result`).
+    scored: model folders of earlier evaluations (`stored.load`), added as evaluated models
+      after the others, under their stored names; they must have been scored on the same
+      split with the same bootstrap settings.
     Others: as `evaluate_encoder`; `step` picks the checkpoint of training workdirs.
 
   Returns:
@@ -281,12 +288,18 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   unknown = [t for t in task_names if t not in tasks_lib.TASKS]
   if unknown:
     raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks_lib.TASKS)}")
-  if not workdirs:
-    raise ValueError("pass at least one --workdir (training workdir or export folder)")
-  if not data_root:
+  if not workdirs and not scored:
+    raise ValueError("pass at least one --workdir (training workdir or export folder) or "
+                     "--scored folder")
+  if not workdirs and (random_init or baselines):
+    raise ValueError("--random_init and --baselines need a --workdir: its sampling rate and "
+                     "record length are theirs")
+  if not workdirs and not out:
+    raise ValueError("--out is required when every model comes from --scored")
+  if workdirs and not data_root:
     raise ValueError("--data_root is required: the folder holding ptbxl/, cpsc2018/, csn/ "
                      "(and merl_zeroshot/ for the prompts)")
-  if not pathlib.Path(data_root).is_dir():
+  if workdirs and not pathlib.Path(data_root).is_dir():
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
   evaluated_pcts = [f"{100 * f:g}" for f in fractions]
   for pair in compare or ():
@@ -296,6 +309,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
       raise ValueError(f"--compare {','.join(pair)}: label percentage {bad_pct[0]} is not "
                        f"among the evaluated --fractions {evaluated_pcts}")
   out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
+  loaded = [stored.load(d, split=protocol.split, resamples=protocol.resamples,
+                        seed=protocol.seed) for d in scored]
   encoders = [inference.load(w, step=step, batch_size=batch_size) for w in workdirs]
   if random_init:
     first = pathlib.Path(workdirs[0])
@@ -307,8 +322,7 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
       raise ValueError(f"unknown baseline {b!r}; known: {', '.join(BASELINES)}")
     encoders.append(BASELINES[b](encoders[0].fs, encoders[0].seconds, batch_size=batch_size))
   names = []
-  for enc in encoders:
-    name = enc.name
+  for name in [enc.name for enc in encoders] + [r["model"] for r in loaded]:
     while name in names:
       name += "_"
     names.append(name)
@@ -316,7 +330,7 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   known = set(names) | set(group_members)
   operands = []
   if compare is None:  # names as they are: a workdir may be called `run@2`
-    operands = [((names[0], None), (names[-1], None))] if random_init else []
+    operands = [((names[0], None), (names[len(workdirs)], None))] if random_init else []
   for pair in compare or ():
     split = [(m, None) if m in known else report.split_operand(m) for m in pair]
     bad = [m for m, _ in split if m not in names and m not in group_members]
@@ -330,6 +344,10 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
                            tables_root=tables_root, prompts_path=prompts, protocol=protocol,
                            out_dir=out / name.replace("/", "_"), progress=progress)
     res["model"] = name
+    all_results.append(res)
+  for res, name in zip(loaded, names[len(encoders):]):
+    res["model"] = name
+    _write_results(out / name.replace("/", "_"), res)  # the output folder holds every model
     all_results.append(res)
   by_name = dict(zip(names, all_results))
   for group, members in group_members.items():

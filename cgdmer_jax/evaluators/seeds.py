@@ -24,6 +24,7 @@ import numpy as np
 from cgdmer_jax.evaluators import auc as auc_lib
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
+from cgdmer_jax.evaluators import stored
 
 
 def parse_groups(specs: Sequence[str], models: Sequence[str]) -> dict[str, list[str]]:
@@ -120,6 +121,8 @@ def group_result(name: str, members: Sequence[dict], resamples: int = bootstrap.
       continue
     idx = [_positions(e["_rows"], common) for e in entries]
     y = np.asarray(entries[0]["_y"])[idx[0]]
+    for m, e, i in zip(members[1:], entries[1:], idx[1:]):
+      stored.check_same_labels(members[0]["model"], y, m["model"], np.asarray(e["_y"])[i], task)
     counts = bootstrap.resample_counts(len(common), resamples, seed)
     entry = {"_y": y, "_rows": common, "records": int(len(common))}
     entry.update(_map_cells(entries, lambda cs: _cell(cs, y, idx, counts)))
