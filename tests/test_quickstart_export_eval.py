@@ -237,3 +237,15 @@ def test_evaluate_cli_seed_group_and_its_comparison(quick, tmp_path):
        f"--data_root={conftest.EMBEDDED}", "--group=recipe=export+other", f"--out={out}2"],
       cwd=conftest.REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "not among the evaluated models" in bad.stderr
+
+
+def test_default_comparison_is_against_random_init_with_baselines_beside(quick, tmp_path):
+  # The baselines come after the random-init encoder: the default pair must not pick them.
+  runner.evaluate_models(
+      [str(quick["export"])], random_init=True, baselines=("band_power",),
+      task_names=["ptbxl_super"], fractions=[1.0], data_root=conftest.EMBEDDED,
+      out=tmp_path / "eval", progress=False,
+      protocol=runner.Protocol(split="val", probes=("logreg",), features=("shared",),
+                               resamples=100, logreg=logreg_probe.LogRegConfig(c_grid=(1.0,))))
+  comparisons = json.loads((tmp_path / "eval" / "comparisons.json").read_text())
+  assert [(c["a"], c["b"]) for c in comparisons] == [("export", "random_init(seed=0)")]
