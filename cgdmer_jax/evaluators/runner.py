@@ -11,8 +11,9 @@ its own row; the number dropped is printed and stored.
 Writes into `out_dir`: `results.json` (everything: per-class AUCs and intervals, untrained and
 skipped classes, rows left out, counts, positives per class), `results.md` (the table),
 `scores.npz` (the per-record labels and scores behind every cell, so that `--scored` can group
-and pair the model later without scoring it again; `stored.py`) and `plots/` (per-class AUC bars and macro AUCs with intervals per task, t-SNE of the PTB-XL
-super-class ECGs of the evaluated split).
+and pair the model later without scoring it again; `stored.py`) and `plots/` (per-class AUC
+bars and macro AUCs with intervals per task, t-SNE of the PTB-XL super-class ECGs of the
+evaluated split).
 """
 
 from __future__ import annotations
