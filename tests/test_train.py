@@ -1,6 +1,10 @@
-"""Pretraining on the embedded real PTB-XL subset: 8 fake devices, 1 vs 8 devices, exact resume."""
+"""Pretraining on the embedded real PTB-XL subset: 8 fake devices, 1 vs 8 devices, exact
+resume, the same bits from another process."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -172,6 +176,31 @@ def test_resume_is_exact(tmp_path, ptbxl_tfrecords):
   assert meta_a["step"] == meta_b["step"] == 12
   # Bit-identical: same data stream from the resumed step, RNG = fold_in(seed, step),
   # deterministic XLA:CPU kernels.
+  for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
+  """The command line in a fresh process (another hash seed) ends where this process does."""
+  overrides = {"steps_per_run": 12, "checkpoint.every_steps": 100}
+  here = tmp_path / "here"
+  train.train_and_evaluate(tiny_config(ptbxl_tfrecords, **overrides), str(here))
+  there = tmp_path / "there"
+  flags = [f"--config.{k}={v}" for k, v in {
+      "data.dir": ptbxl_tfrecords, "data.batch_size": 16, "data.eval_batch_size": 16,
+      "data.shuffle_buffer": 64, "total_steps": 40, "optim.warmup_steps": 5,
+      "log_every_steps": 5, "eval_every_steps": 0, **overrides}.items()]
+  env = dict(os.environ, PYTHONHASHSEED="12345")
+  res = subprocess.run([sys.executable, "-m", "cgdmer_jax.main",
+                        "--config=configs/pretrain.py:size=tiny", f"--workdir={there}", *flags],
+                       cwd=conftest.REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  losses = lambda w: [(r["step"], r["loss"]) for r in read_metrics(w) if "loss" in r]
+  assert [step for step, _ in losses(here)] == [5, 10, 12]
+  assert losses(here) == losses(there)
+  pa, meta_a = params_of(here, tiny_config(ptbxl_tfrecords))
+  pb, meta_b = params_of(there, tiny_config(ptbxl_tfrecords))
+  assert meta_a["step"] == meta_b["step"] == 12
   for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(a, b)
 
