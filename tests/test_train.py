@@ -21,19 +21,17 @@ from configs import pretrain
 from tests import conftest
 
 
+# The small-run settings of these tests, as `--config.<key>` overrides.
+TINY = {"data.batch_size": 16, "data.eval_batch_size": 16, "data.shuffle_buffer": 64,
+        "total_steps": 40, "optim.warmup_steps": 5, "log_every_steps": 5,
+        "checkpoint.every_steps": 20, "eval_every_steps": 0}
+
+
 def tiny_config(data_dir, **overrides):
   config = pretrain.get_config("size=tiny")
   if data_dir is not None:
     config.data.dir = str(data_dir)
-  config.data.batch_size = 16
-  config.data.eval_batch_size = 16
-  config.data.shuffle_buffer = 64
-  config.total_steps = 40
-  config.optim.warmup_steps = 5
-  config.log_every_steps = 5
-  config.checkpoint.every_steps = 20
-  config.eval_every_steps = 0
-  return overrides_lib.apply(config, overrides)
+  return overrides_lib.apply(config, {**TINY, **overrides})
 
 
 def read_metrics(workdir):
@@ -186,10 +184,8 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
   here = tmp_path / "here"
   train.train_and_evaluate(tiny_config(ptbxl_tfrecords, **overrides), str(here))
   there = tmp_path / "there"
-  flags = [f"--config.{k}={v}" for k, v in {
-      "data.dir": ptbxl_tfrecords, "data.batch_size": 16, "data.eval_batch_size": 16,
-      "data.shuffle_buffer": 64, "total_steps": 40, "optim.warmup_steps": 5,
-      "log_every_steps": 5, "eval_every_steps": 0, **overrides}.items()]
+  flags = [f"--config.{k}={v}" for k, v in
+           {"data.dir": ptbxl_tfrecords, **TINY, **overrides}.items()]
   env = dict(os.environ, PYTHONHASHSEED="12345")
   res = subprocess.run([sys.executable, "-m", "cgdmer_jax.main",
                         "--config=configs/pretrain.py:size=tiny", f"--workdir={there}", *flags],
