@@ -57,14 +57,15 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import workdir_config  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.data import features  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.models import cgdmer  # pylint: disable=g-import-not-at-top
 
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  config = inference.load_config(workdir / "config.json")
+  config = workdir_config.read(workdir / workdir_config.CONFIG_FILE)
   if out.exists() and any(out.iterdir()):
     if not overwrite:
       raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
@@ -121,7 +122,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
       "platforms": list(platforms), "fs": int(config.data.fs),
       "seconds": float(config.data.seconds), "num_samples": num_samples,
       "leads": list(features.LEADS), "normalize": config.data.normalize,
-      "max_report_len": L, "variant": config.get("variant", ""),
+      "max_report_len": L, "variant": config.variant,
       "probe_features": config.model.probe_features, "has_text_encoder": has_text,
       "tokenizer": pathlib.Path(tok).name if tok else None,
       "ecg_outputs": _signature(ecg),

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cgdmer_jax.data import features
+from cgdmer_jax.train import workdir_config
 
 ECG_EXPORT = "ecg_encoder.jax_exported"
 TEXT_EXPORT = "text_encoder.jax_exported"
@@ -124,12 +125,6 @@ class Encoder:
 # Loaders.
 
 
-def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The resolved config a training run wrote (`config.json`)."""
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def tokenizer_of(config, workdir: pathlib.Path) -> str | None:
   """The run's tokenizer file (SentencePiece `tokenizer.model` or WordPiece `wordpiece.json`):
   in the workdir, else in the dataset folder; None if neither."""
@@ -173,13 +168,13 @@ def from_workdir(workdir: str | os.PathLike, *, step: int | str | None = None,
       kept by zero-shot model selection, `config.best`).
     batch_size: ECGs per encoder call.
   """
-  from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
-  config = load_config(config_path)
+  config = workdir_config.read(config_path)
   graphdef, abstract = objective.abstract_init(config)
   target = checkpoint_target(workdir, step)
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),

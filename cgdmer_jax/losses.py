@@ -133,10 +133,10 @@ def term_scales(config: ml_collections.ConfigDict, step: jax.Array | None = None
     config without them compiles to exactly the static-weight program.
   """
   w = config.loss
-  starts, ramps = w.get("ramp_start", {}), w.get("ramp_steps", {})
+  starts, ramps = w.ramp_start, w.ramp_steps
   out: dict[str, jax.Array | float] = {}
   for k in TERMS:
-    start, ramp = int(starts.get(k, 0) or 0), int(ramps.get(k, 0) or 0)
+    start, ramp = int(starts[k]), int(ramps[k])
     if step is None or w[k] == 0 or (start == 0 and ramp == 0):
       out[k] = float(w[k])
       continue
@@ -216,7 +216,7 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
                                            weights["text"])
     loss += scale["text"] * metrics["loss/text"]
   if w.contrastive > 0:
-    siglip = siglip_lib.siglip(config.loss.get("siglip_impl", "all_gather"))
+    siglip = siglip_lib.siglip(config.loss.siglip_impl)
     metrics["loss/contrastive"] = siglip(
         outputs["ecg/embedding"], outputs["text/embedding"], outputs["siglip/temperature"],
         outputs["siglip/bias"], text_ok_B)

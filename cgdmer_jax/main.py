@@ -59,7 +59,8 @@ def main(argv) -> int:
   # TensorFlow is only the input pipeline: keep it off the accelerators.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # pylint: disable=g-import-not-at-top
+  # JAX and everything that imports it come after the environment above is set.
+  import jax
 
   if _MULTIPROCESS.value == "on" or (_MULTIPROCESS.value == "auto" and _is_multiprocess_env()):
     kwargs = {}
@@ -71,14 +72,13 @@ def main(argv) -> int:
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
 
-  from cgdmer_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import workdir_lock  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.data import shard_scan  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.data import shard_scan
+  from cgdmer_jax.evaluators import val_zero_shot
+  from cgdmer_jax.train import checkpointing, checks, loop, workdir_lock
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_checks.ConfigError, train.NonFiniteLossError, FileNotFoundError,
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                            make_scorer=val_zero_shot.scorer_factory(_CONFIG.value))
+  except (checks.ConfigError, loop.NonFiniteLossError, FileNotFoundError,
           workdir_lock.WorkdirInUseError, shard_scan.DamagedShardError,
           checkpointing.UnreadableCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cgdmer_jax.data import features
 from cgdmer_jax.models import patching
 
 # `masked_kind` values: the random step, a whole hidden lead, a time patch hidden in every lead.
@@ -115,14 +114,10 @@ def text_special_ids(config: ml_collections.ConfigDict) -> tuple[dict[str, int],
   """(special ids by role, first non-special id) of the dataset's tokenizer.
 
   `model.special_ids` / `model.normal_ids_start` are copied from the dataset's build_info by
-  the trainer; configs without them use the project's SentencePiece ids.
+  the trainer (configs/ start from the project's SentencePiece ids).
   """
-  ids = config.model.get("special_ids")
-  if not ids:
-    ids = dict(pad=features.PAD_ID, unk=features.UNK_ID, bos=features.BOS_ID,
-               eos=features.EOS_ID, mask=features.MASK_ID)
-  return {k: int(v) for k, v in dict(ids).items()}, int(
-      config.model.get("normal_ids_start", features.NUM_SPECIAL))
+  ids = config.model.special_ids
+  return {k: int(v) for k, v in dict(ids).items()}, int(config.model.normal_ids_start)
 
 
 def sample_text_mask(rng: jax.Array, report_ids_BxL: jax.Array, report_len_B: jax.Array,

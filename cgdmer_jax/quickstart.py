@@ -85,7 +85,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
     dict of the folders written (`data`, `pretrain`, `eval`, `export`), `results`, `plots`.
   """
   from cgdmer_jax import export  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import loop  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import report  # pylint: disable=g-import-not-at-top
   from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
@@ -113,7 +113,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   config.eval_every_steps = steps
   config.log_every_steps = max(1, min(config.log_every_steps, steps))
   run_dir = workdir / "pretrain"
-  last = train.train_and_evaluate(config, str(run_dir))
+  last = loop.train_and_evaluate(config, str(run_dir))
   print(f"      final train loss {last.get('loss', float('nan')):.3f}, "
         f"val loss {last.get('val/loss', float('nan')):.3f}", flush=True)
 

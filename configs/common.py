@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from cgdmer_jax import overrides
+from cgdmer_jax.data import features
 from cgdmer_jax.models import cgdmer
 
 # One row per size. ecg_* is the modality-specific ECG backbone (pre-norm ViT over lead-patch
@@ -162,7 +163,7 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.scan_layers = True
   m.remat = False
   # Run the batch in this many sequential chunks inside the step, forward + backward per chunk
-  # (cgdmer_jax/accumulate.py; multiplies optim.grad_accum_steps, the same mechanism): same
+  # (cgdmer_jax/train/accumulate.py; multiplies optim.grad_accum_steps, the same mechanism): same
   # loss and gradients, 1/n of the activation memory, and on CPU better cache use
   # (docs/PERFORMANCE.md). Only for per-example losses (ecg_mask_only, or masked-token terms
   # without SigLIP and disentanglement); 1 = off.
@@ -170,4 +171,9 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # SigLIP initial temperature (log) and bias, from the SigLIP paper: t'=log 10, b=-10.
   m.siglip_init_log_temp = 2.302585
   m.siglip_init_bias = -10.0
+  # The report tokenizer's special ids and first ordinary id: SentencePiece's (data/features.py)
+  # until the trainer copies the dataset's (a WordPiece checkpoint's) from its build_info.
+  m.special_ids = dict(pad=features.PAD_ID, unk=features.UNK_ID, bos=features.BOS_ID,
+                       eos=features.EOS_ID, mask=features.MASK_ID)
+  m.normal_ids_start = features.NUM_SPECIAL
   return m

@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.ramp_start = ml_collections.ConfigDict(
       {k: 0 for k in ("ecg", "text", "contrastive", "disentangle")})
   config.loss.ramp_steps = ml_collections.ConfigDict({k: 0 for k in config.loss.ramp_start})
-  # Per-term gradient balancing (cgdmer_jax/balance.py): 'grad_norm' multiplies each term so
+  # Per-term gradient balancing (cgdmer_jax/train/balance.py): 'grad_norm' multiplies each term so
   # its gradient on the parameters the terms share has the geometric mean of their norms
   # (measured every balance_every_steps steps on the step's batch, EMA decay balance_decay,
   # multipliers within [1/balance_max, balance_max]); the loss.<term> weights are then the
@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.b2 = 0.95
   config.optim.warmup_steps = 100 if cpu else 1_000
   config.optim.clip_norm = 1.0
-  # Learning-rate multiplier of the SigLIP temperature and bias (cgdmer_jax/optim.py).
+  # Learning-rate multiplier of the SigLIP temperature and bias (cgdmer_jax/train/optim.py).
   config.optim.siglip_lr_mult = 1.0
   config.optim.grad_accum_steps = 1
 
@@ -141,7 +141,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.best.data_root = ml_collections.config_dict.placeholder(str)
 
   config.log_every_steps = 10 if cpu else 50
-  # Per-term gradient norms and cosines (cgdmer_jax/diagnostics.py), logged every this many
+  # Per-term gradient norms and cosines (cgdmer_jax/train/diagnostics.py), logged every this many
   # steps (0: off). One extra forward and batched backward pass each time, outside the step.
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.every_steps = 5 * config.log_every_steps

@@ -42,7 +42,7 @@ import numpy as np
 import scipy.signal
 
 from cgdmer_jax.data import features
-from data_pipelines.sources.base import Rejected
+from data_pipelines.errors import Rejected
 
 _STANDARD = {name.lower(): name for name in features.LEADS}
 _STANDARD.update({"di": "I", "dii": "II", "diii": "III"})

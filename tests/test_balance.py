@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax import balance
-from cgdmer_jax import diagnostics
+from cgdmer_jax.train import balance
+from cgdmer_jax.train import diagnostics
 from cgdmer_jax import losses
 from cgdmer_jax import objective
-from cgdmer_jax import train
+from cgdmer_jax.train import loop
 from configs import pretrain
 from tests import test_diagnostics
 from tests import test_train
@@ -98,10 +98,10 @@ def test_balanced_run_logs_weights_and_resumes_exactly(tmp_path, ptbxl_tfrecords
   over = {"loss.balance": "grad_norm", "loss.balance_every_steps": 4,
           "checkpoint.every_steps": 100}
   straight, split = tmp_path / "straight", tmp_path / "split"
-  train.train_and_evaluate(test_train.tiny_config(ptbxl_tfrecords, steps_per_run=10, **over),
+  loop.train_and_evaluate(test_train.tiny_config(ptbxl_tfrecords, steps_per_run=10, **over),
                            str(straight))
   for _ in range(2):
-    train.train_and_evaluate(test_train.tiny_config(ptbxl_tfrecords, steps_per_run=5, **over),
+    loop.train_and_evaluate(test_train.tiny_config(ptbxl_tfrecords, steps_per_run=5, **over),
                              str(split))
   rows = test_train.read_metrics(straight)
   logged = [r for r in rows if "weight/ecg" in r]

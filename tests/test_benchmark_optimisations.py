@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax import accumulate
+from cgdmer_jax.train import accumulate
 from cgdmer_jax import objective
-from cgdmer_jax import prefetch
-from cgdmer_jax import sharding
-from cgdmer_jax import train
+from cgdmer_jax.train import prefetch
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import loop
 from cgdmer_jax.models import layers
 from cgdmer_jax.perf import step_timing
 from configs import pretrain
@@ -84,7 +84,7 @@ def test_batch_chunks_sharded_train_step():
     config = _masked_config(batch_chunks=chunks)
     config.data.batch_size = 16
     mesh = sharding.make_mesh(config)
-    s = train.setup(config, mesh)
+    s = loop.setup(config, mesh)
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(step_timing.synthetic_batch(config, 16), mesh)

@@ -167,7 +167,7 @@ def test_config_round_trip_and_gelu_is_exact():
 
 def test_resolve_takes_the_architecture_from_the_folder(hf_folder, tmp_path):
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import pretrained_text  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import pretrained_text  # pylint: disable=g-import-not-at-top
   from configs import pretrain  # pylint: disable=g-import-not-at-top
   for f in hf_folder.iterdir():
     (tmp_path / f.name).write_bytes(f.read_bytes())

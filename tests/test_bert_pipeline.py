@@ -15,10 +15,13 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from cgdmer_jax import config_checks, inference, sharding, train  # noqa: E402
+from cgdmer_jax import inference  # noqa: E402
+from cgdmer_jax.train import checks  # noqa: E402
+from cgdmer_jax.train import sharding  # noqa: E402
+from cgdmer_jax.train import loop  # noqa: E402
 from cgdmer_jax import export as export_lib  # noqa: E402
 from cgdmer_jax.data import reader  # noqa: E402
-from cgdmer_jax import pretrained_text  # noqa: E402
+from cgdmer_jax.train import pretrained_text  # noqa: E402
 from cgdmer_jax.models import bert_tower  # noqa: E402
 from data_pipelines import signal, write  # noqa: E402
 from tests import bert_fixture, conftest  # noqa: E402
@@ -42,7 +45,7 @@ def run(embedded_data, tmp_path_factory):
                                 "total_steps": STEPS, "checkpoint.every_steps": STEPS,
                                 "log_every_steps": 1})
   workdir = root / "work"
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   return dict(hf=hf, data=data, workdir=workdir, config=config, root=root)
 
 
@@ -73,8 +76,8 @@ def test_frozen_layers_bit_identical_others_trained(run):
 def test_no_optimizer_state_for_frozen_parameters(run):
   config = tiny_config(run["data"], **{"model.text.init_from": str(run["hf"]),
                                        "model.text.freeze_layers": 1})
-  train.apply_dataset_info(config, reader.load_info(config.data.dir))
-  s = train.setup(config, sharding.make_mesh(config))
+  loop.apply_dataset_info(config, reader.load_info(config.data.dir))
+  s = loop.setup(config, sharding.make_mesh(config))
   size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
   n_params = size(s.abstract_state["params"])
   n_frozen = sum(int(np.prod(a.shape)) for n, a in pretrained_text.pretrained_params(config).items()
@@ -110,9 +113,9 @@ def test_dataset_of_another_tokenizer_fails_before_compiling(run, embedded_data,
   other = bert_fixture.make_checkpoint(tmp_path / "other_bert", embedded_data / "ptbxl",
                                        vocab_size=350)
   config = tiny_config(run["data"], **{"model.text.init_from": str(other)})
-  with pytest.raises(config_checks.ConfigError,
+  with pytest.raises(checks.ConfigError,
                      match=r"(?s)built with tokenizer WordPiece hf:hf .*other_bert"):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+    loop.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -123,7 +126,7 @@ def test_resume_restores_the_masked_optimizer_state(run, tmp_path):
   overrides = {"model.text.init_from": str(run["hf"]), "model.text.freeze_layers": 1,
                "total_steps": STEPS + 1, "checkpoint.every_steps": STEPS + 1}
   before, _ = params_of(workdir, tiny_config(run["data"], **overrides))
-  train.train_and_evaluate(tiny_config(run["data"], **overrides), str(workdir))
+  loop.train_and_evaluate(tiny_config(run["data"], **overrides), str(workdir))
   after, meta = params_of(workdir, tiny_config(run["data"], **overrides))
   assert meta["step"] == STEPS + 1
   emb = ("text", "bert", "embeddings", "word", "embedding")

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cgdmer_jax import diagnostics
+from cgdmer_jax.train import diagnostics
 from cgdmer_jax import losses
 from cgdmer_jax import objective
-from cgdmer_jax import optim
+from cgdmer_jax.train import optim
 from tests import test_train
 
 
 def _batch(config):
-  from cgdmer_jax import train
+  from cgdmer_jax.train import loop
   from cgdmer_jax.data import reader
-  train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   local = next(reader.train_batches(config.data.dir, global_batch_size=8, seed=0,
                                     process_index=0, process_count=1))
   return {k: jnp.asarray(v) for k, v in local.items()}

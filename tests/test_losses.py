@@ -135,7 +135,7 @@ def test_total_switches_terms():
 def test_siglip_jit_sharded_batch():
   """Under jit with the batch on a `data` mesh axis the loss equals the unsharded one.
 
-  Auto axes, as `cgdmer_jax.sharding` builds the mesh: XLA gathers the [B, B] logits' operands.
+  Auto axes, as `cgdmer_jax.train.sharding` builds the mesh: XLA gathers the [B, B] logits' operands.
   """
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rng = np.random.default_rng(1)

@@ -92,10 +92,10 @@ def test_a_second_tokenizer_is_refused_naming_both(ptbxl_tfrecords, tmp_path):
 
 def test_ecg_only_rows_give_no_report_or_contrastive_term(ptbxl_tfrecords, ecg_only):
   from cgdmer_jax import objective
-  from cgdmer_jax import train
+  from cgdmer_jax.train import loop
   from tests import test_train
   config = test_train.tiny_config(ptbxl_tfrecords)
-  train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   sources = [mixture.Source(str(ptbxl_tfrecords), 1.0), mixture.Source(str(ecg_only), 1.0)]
   batch = next(mixture.train_batches(sources, global_batch_size=16, seed=0, shuffle_buffer=64,
                                      process_index=0, process_count=1))

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax import objective, optim
+from cgdmer_jax import objective
+from cgdmer_jax.train import optim
 from configs import pretrain
 
 

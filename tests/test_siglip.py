@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cgdmer_jax import losses
-from cgdmer_jax import sharding
+from cgdmer_jax.train import sharding
 from cgdmer_jax import siglip
 from cgdmer_jax.perf import siglip_memory
 from configs import pretrain

@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from cgdmer_jax import checkpointing
-from cgdmer_jax import accumulate
-from cgdmer_jax import config_checks
+from cgdmer_jax.train import checkpointing
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import checks
 from cgdmer_jax import overrides as overrides_lib
-from cgdmer_jax import sharding
-from cgdmer_jax import train
-from cgdmer_jax import validation
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import val_loss
+from cgdmer_jax.evaluators import val_zero_shot
 from configs import pretrain
 from tests import conftest
 
@@ -41,9 +42,9 @@ def read_metrics(workdir):
 
 def params_of(workdir, config):
   from cgdmer_jax.data import reader
-  train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   mesh = sharding.make_mesh(config)
-  s = train.setup(config, mesh)
+  s = loop.setup(config, mesh)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", every_steps=1, keep=None)
   state, meta = ckpt.restore(ckpt.latest_step(), s.abstract_state, s.state_shardings)
   ckpt.close()
@@ -52,15 +53,15 @@ def params_of(workdir, config):
 
 def test_bad_config_fails_before_compiling(tmp_path, ptbxl_tfrecords):
   config = tiny_config(ptbxl_tfrecords, **{"model.patch_size": 7})
-  with pytest.raises(config_checks.ConfigError, match="patch_size"):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+  with pytest.raises(checks.ConfigError, match="patch_size"):
+    loop.train_and_evaluate(config, str(tmp_path / "w"))
   config = tiny_config(ptbxl_tfrecords, **{"data.fs": 500})
   config.model.patch_size = 50
-  with pytest.raises(config_checks.ConfigError, match="100 Hz"):
-    train.train_and_evaluate(config, str(tmp_path / "w2"))
+  with pytest.raises(checks.ConfigError, match="100 Hz"):
+    loop.train_and_evaluate(config, str(tmp_path / "w2"))
   config = tiny_config(None)
-  with pytest.raises(config_checks.ConfigError, match="data.dir"):
-    config_checks.check(config)
+  with pytest.raises(checks.ConfigError, match="data.dir"):
+    checks.check(config)
 
 
 
@@ -69,33 +70,33 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   into a mismatching parameter tree: the differing keys are named and config.json is kept."""
   from cgdmer_jax.data import reader
   old = tiny_config(ptbxl_tfrecords, **{"model.patch_norm": False, "model.patch_stats": False})
-  train.apply_dataset_info(old, reader.load_info(old.data.dir))
+  loop.apply_dataset_info(old, reader.load_info(old.data.dir))
   saved = json.loads(old.to_json_best_effort())
   del saved["model"]["patch_norm"]          # written before the setting existed
   saved["model"]["ecg_depth"] = 2
   workdir = tmp_path / "w"
   (workdir / "checkpoints" / "20").mkdir(parents=True)
   (workdir / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(config_checks.ConfigError) as e:
-    train.train_and_evaluate(tiny_config(ptbxl_tfrecords), str(workdir))
+  with pytest.raises(checks.ConfigError) as e:
+    loop.train_and_evaluate(tiny_config(ptbxl_tfrecords), str(workdir))
   assert "model.patch_norm: the run has (absent" in str(e.value)
   assert "--config.model.ecg_depth=2" in str(e.value)
   assert json.loads((workdir / "config.json").read_text()) == saved
   # A run trained on z-scored input is not resumed on millivolts.
   zscored = tiny_config(ptbxl_tfrecords)
-  train.apply_dataset_info(zscored, reader.load_info(zscored.data.dir))
+  loop.apply_dataset_info(zscored, reader.load_info(zscored.data.dir))
   saved = json.loads(zscored.to_json_best_effort())
   saved["data"]["normalize"] = "zscore"
   (workdir / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(config_checks.ConfigError, match="--config.data.normalize=zscore"):
-    config_checks.check_resume(zscored, workdir)
+  with pytest.raises(checks.ConfigError, match="--config.data.normalize=zscore"):
+    checks.check_resume(zscored, workdir)
   # Runtime knobs may change on resume.
   runtime = tiny_config(ptbxl_tfrecords, **{"model.remat": True})
-  train.apply_dataset_info(runtime, reader.load_info(runtime.data.dir))
+  loop.apply_dataset_info(runtime, reader.load_info(runtime.data.dir))
   saved = json.loads(runtime.to_json_best_effort())
   saved["model"]["remat"] = False
   (workdir / "config.json").write_text(json.dumps(saved))
-  config_checks.check_resume(runtime, workdir)
+  checks.check_resume(runtime, workdir)
 
 def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords):
   assert jax.device_count() == 8
@@ -107,7 +108,8 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
                           # The static weights, so the logged weight is the ramp's alone
                           # (balanced runs: tests/test_balance.py).
                           "loss.balance": "none"})
-  out = train.train_and_evaluate(config, str(workdir))
+  out = loop.train_and_evaluate(config, str(workdir),
+                                make_scorer=val_zero_shot.scorer_factory(config))
   rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert rows[0]["step"] == 5 and rows[-1]["step"] == 40
   assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], rows
@@ -141,12 +143,12 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
 def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
   from cgdmer_jax.data import reader
   config = tiny_config(ptbxl_tfrecords)
-  train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   local = next(reader.train_batches(config.data.dir, global_batch_size=16, seed=0))
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(config, devices=devices)
-    s = train.setup(config, mesh)
+    s = loop.setup(config, mesh)
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(local, mesh)
@@ -164,11 +166,11 @@ def test_resume_is_exact(tmp_path, ptbxl_tfrecords):
   # Every run shares total_steps (the LR schedule) so the compiled step is the same program.
   straight = tmp_path / "straight"
   config = tiny_config(ptbxl_tfrecords, steps_per_run=12, **{"checkpoint.every_steps": 100})
-  train.train_and_evaluate(config, str(straight))
+  loop.train_and_evaluate(config, str(straight))
   split = tmp_path / "split"
   for _ in range(2):
     config = tiny_config(ptbxl_tfrecords, steps_per_run=6, **{"checkpoint.every_steps": 100})
-    train.train_and_evaluate(config, str(split))
+    loop.train_and_evaluate(config, str(split))
   pa, meta_a = params_of(straight, tiny_config(ptbxl_tfrecords))
   pb, meta_b = params_of(split, tiny_config(ptbxl_tfrecords))
   assert meta_a["step"] == meta_b["step"] == 12
@@ -182,7 +184,7 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
   """The command line in a fresh process (another hash seed) ends where this process does."""
   overrides = {"steps_per_run": 12, "checkpoint.every_steps": 100}
   here = tmp_path / "here"
-  train.train_and_evaluate(tiny_config(ptbxl_tfrecords, **overrides), str(here))
+  loop.train_and_evaluate(tiny_config(ptbxl_tfrecords, **overrides), str(here))
   there = tmp_path / "there"
   flags = [f"--config.{k}={v}" for k, v in
            {"data.dir": ptbxl_tfrecords, **TINY, **overrides}.items()]
@@ -204,12 +206,12 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, ptbxl_tfrecords):
   workdir = tmp_path / "nan"
   config = tiny_config(ptbxl_tfrecords, steps_per_run=5, **{"checkpoint.every_steps": 5})
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   # An absurd learning rate drives the loss to inf/nan within a few steps.
   config = tiny_config(ptbxl_tfrecords, **{"checkpoint.every_steps": 5, "optim.lr": 1e9,
                                            "optim.clip_norm": 0.0})
-  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint is step"):
-    train.train_and_evaluate(config, str(workdir))
+  with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step"):
+    loop.train_and_evaluate(config, str(workdir))
   params, meta = params_of(workdir, tiny_config(ptbxl_tfrecords))
   assert meta["step"] < 40
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)), meta
@@ -220,8 +222,8 @@ def test_eval_batch_size_checked_before_training(tmp_path, ptbxl_tfrecords):
   workdir = tmp_path / "w"
   config = tiny_config(ptbxl_tfrecords, total_steps=2, eval_every_steps=2,
                        **{"data.eval_batch_size": 12})
-  with pytest.raises(config_checks.ConfigError, match="eval_batch_size=12 .* 8 devices"):
-    train.train_and_evaluate(config, str(workdir))
+  with pytest.raises(checks.ConfigError, match="eval_batch_size=12 .* 8 devices"):
+    loop.train_and_evaluate(config, str(workdir))
   assert not (workdir / "checkpoints").exists()
 
 
@@ -235,11 +237,11 @@ def test_dataset_without_reports_names_the_variants_that_work(tmp_path):
                                 output=str(data), signal=signal.Config(fs=100), workers=1,
                                 progress=False))
   workdir = tmp_path / "w"
-  with pytest.raises(config_checks.ConfigError, match="no reports") as e:
-    train.train_and_evaluate(tiny_config(data), str(workdir))
+  with pytest.raises(checks.ConfigError, match="no reports") as e:
+    loop.train_and_evaluate(tiny_config(data), str(workdir))
   assert "variant=ecg_mask_only" in str(e.value) and "variant=full" not in str(e.value)
   assert not (workdir / "checkpoints").exists()
-  config_checks.check_reports(pretrain.get_config("size=tiny,variant=ecg_mask_only"), 0,
+  checks.check_reports(pretrain.get_config("size=tiny,variant=ecg_mask_only"), 0,
                               str(data))
 
 
@@ -247,15 +249,15 @@ def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
   """A padded last batch counts by its valid rows, not as much as a full batch."""
   from cgdmer_jax.data import reader
   config = tiny_config(ptbxl_tfrecords, **{"data.eval_batch_size": 16})
-  train.apply_dataset_info(config, reader.load_info(config.data.dir))
+  loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   mesh = sharding.make_mesh(config)
-  s = train.setup(config, mesh)
-  eval_step = jax.jit(validation.make_eval_step(s.graphdef, config))
+  s = loop.setup(config, mesh)
+  eval_step = jax.jit(val_loss.make_eval_step(s.graphdef, config))
   with jax.set_mesh(mesh):
     params = s.init_state()["params"]
-    got = validation.evaluate_loss(params, eval_step, config, mesh, "val")["val/loss"]
+    got = val_loss.evaluate_loss(params, eval_step, config, mesh, "val")["val/loss"]
     losses, rows = [], []
-    for local in validation.eval_stream(config, "val"):
+    for local in val_loss.eval_stream(config, "val"):
       losses.append(float(eval_step(params, sharding.global_batch(local, mesh))["loss"]))
       rows.append(int(local["mask"].sum()))
   assert len(set(rows)) > 1, rows  # a padded last batch, or the test shows nothing

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax import checkpointing
-from cgdmer_jax import train
-from cgdmer_jax import workdir_lock
+from cgdmer_jax.train import checkpointing
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import workdir_lock
 from cgdmer_jax.data import shard_scan
 from configs import pretrain
 from tests import conftest
@@ -37,12 +37,12 @@ def _steps(workdir, folder="checkpoints"):
 def test_damaged_shard_saves_state_and_skip_counts_records(ptbxl_tfrecords, tmp_path):
   data = tmp_path / "data"
   shutil.copytree(ptbxl_tfrecords, data)
-  shard = data / "cgdmer_ecg-train.tfrecord-00001-of-00004"
-  offsets = [damage(shard, 40), damage(data / "cgdmer_ecg-train.tfrecord-00003-of-00004", 44)]
+  shard = data / "cgdmer_ecg-loop.tfrecord-00001-of-00004"
+  offsets = [damage(shard, 40), damage(data / "cgdmer_ecg-loop.tfrecord-00003-of-00004", 44)]
   workdir = tmp_path / "run"
   config = tiny_config(data)  # checkpoints every 20 steps: none before the damage is met
   with pytest.raises(shard_scan.DamagedShardError) as e:
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   assert "damaged TFRecord shard" in str(e.value) and "on_corrupt=skip" in str(e.value)
   assert e.value.damage.offset in offsets
   # Every finished step is kept: the state at the last one was saved before the error.
@@ -52,7 +52,7 @@ def test_damaged_shard_saves_state_and_skip_counts_records(ptbxl_tfrecords, tmp_
   assert meta["step"] == saved[0]
   assert not (workdir / workdir_lock.LOCK_FILE).exists()
   # Resumed with on_corrupt=skip: past two epochs, both damaged records counted, once each.
-  out = train.train_and_evaluate(tiny_config(data, steps_per_run=24,
+  out = loop.train_and_evaluate(tiny_config(data, steps_per_run=24,
                                              **{"data.on_corrupt": "skip"}), str(workdir))
   assert out["data/damaged_records"] == 2
   resumed = [r for r in read_metrics(workdir) if "loss" in r and r["step"] > saved[0]]
@@ -62,7 +62,7 @@ def test_damaged_shard_saves_state_and_skip_counts_records(ptbxl_tfrecords, tmp_
 
 def test_unreadable_latest_checkpoint_falls_back(ptbxl_tfrecords, tmp_path, caplog):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(ptbxl_tfrecords, steps_per_run=10,
+  loop.train_and_evaluate(tiny_config(ptbxl_tfrecords, steps_per_run=10,
                                        **{"checkpoint.every_steps": 5}), str(workdir))
   assert _steps(workdir) == [5, 10]
   files = [p for p in (workdir / "checkpoints" / "10" / "params").rglob("*") if p.is_file()]
@@ -72,10 +72,10 @@ def test_unreadable_latest_checkpoint_falls_back(ptbxl_tfrecords, tmp_path, capl
                                             "checkpoint.strict_restore": True})
   with pytest.raises(checkpointing.UnreadableCheckpointError,
                      match="checkpoint step 10 in .* is unreadable"):
-    train.train_and_evaluate(strict, str(workdir))
+    loop.train_and_evaluate(strict, str(workdir))
   assert _steps(workdir) == [5, 10]  # strict: nothing moved
   caplog.set_level(logging.WARNING)
-  out = train.train_and_evaluate(tiny_config(ptbxl_tfrecords, **{"checkpoint.every_steps": 5}),
+  out = loop.train_and_evaluate(tiny_config(ptbxl_tfrecords, **{"checkpoint.every_steps": 5}),
                                  str(workdir))
   assert "checkpoint step 10 in" in caplog.text and "is unreadable" in caplog.text
   # Kept, not deleted, and out of the way; training went on from step 5 to total_steps.
@@ -94,7 +94,7 @@ def test_second_trainer_refused_and_stale_locks_taken_over(ptbxl_tfrecords, tmp_
     with pytest.raises(workdir_lock.WorkdirInUseError,
                        match=f"workdir {workdir} in use by pid {os.getpid()} on host "
                              f"{socket.gethostname()} since "):
-      train.train_and_evaluate(tiny_config(ptbxl_tfrecords), str(workdir))
+      loop.train_and_evaluate(tiny_config(ptbxl_tfrecords), str(workdir))
     assert not (workdir / "config.json").exists()  # refused before touching anything
   finally:
     held.release()
@@ -132,7 +132,7 @@ _KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp
     from orbax.checkpoint._src.path import atomicity
-    from cgdmer_jax import checkpointing
+    from cgdmer_jax.train import checkpointing
 
     real_rename = atomicity.async_path.rename
 

@@ -56,9 +56,9 @@ def sources_of(config) -> list[Source]:
     ValueError: a malformed `data.mix` entry, a weight <= 0, or weights given for some
       datasets only.
   """
-  weight = config.data.get("weight", None)
+  weight = config.data.weight
   out = [Source(str(config.data.dir), float(weight) if weight else None)]
-  for entry in [e.strip() for e in str(config.data.get("mix", "") or "").split(",") if e.strip()]:
+  for entry in [e.strip() for e in str(config.data.mix or "").split(",") if e.strip()]:
     path, w = entry, None
     head, sep, tail = entry.rpartition(":")
     if sep and head and _is_number(tail):

@@ -28,7 +28,7 @@ stream from batch k on. The skipped records are still read from disk and pass th
 buffer (that is what makes the resumption exact), so resuming costs reading k * B records
 without decoding them: measured ~25-40k records/s at 100 Hz and ~6k/s at 500 Hz on one
 (shared) core, e.g. about 2 minutes to resume at step 100k with batch 32 at 100 Hz
-(`data_pipelines.benchmark` prints the rate). Calling `tf.random.set_seed` in the same
+(`data_pipelines.throughput` prints the rate). Calling `tf.random.set_seed` in the same
 process changes the stream (TensorFlow combines the global seed with the op seed): the
 trainer must not.
 

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from cgdmer_jax.evaluators import baselines as baselines_lib
+from cgdmer_jax.train import workdir_config
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
 from cgdmer_jax.evaluators import linear_probe
@@ -315,7 +316,7 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   encoders = [inference.load(w, step=step, batch_size=batch_size) for w in workdirs]
   if random_init:
     first = pathlib.Path(workdirs[0])
-    config = inference.load_config(first / "config.json")
+    config = workdir_config.read(first / workdir_config.CONFIG_FILE)
     encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
                                           batch_size=batch_size))
   for b in baselines:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from typing import Callable
 
 import jax
 import numpy as np
@@ -22,7 +23,28 @@ from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
 from cgdmer_jax.models import cgdmer
+from cgdmer_jax.train import checks
 from data_pipelines import locate
+
+
+def scorer_factory(config) -> Callable | None:
+  """The trainer's `make_scorer` for `config.best` (None when model selection is off).
+
+  Raises:
+    ConfigError: `best.zero_shot_task` names no MERL task.
+  """
+  task = config.best.zero_shot_task
+  if not task:
+    return None
+  if task not in tasks_lib.TASKS:
+    raise checks.ConfigError(
+        f"config.best.zero_shot_task={task!r}; known: {sorted(tasks_lib.TASKS)}")
+  return functools.partial(_build, task=task, data_root=config.best.data_root)
+
+
+def _build(config, graphdef, tokenizer_path, *, task: str, data_root: str) -> "ValZeroShot":
+  return ValZeroShot(config, graphdef, task=task, data_root=data_root,
+                     tokenizer_path=tokenizer_path)
 
 
 class ValZeroShot:
@@ -36,6 +58,7 @@ class ValZeroShot:
     t = tasks_lib.TASKS[task]
     labels = tasks_lib.read_labels(t, data_root)[split]
     self.classes = labels.classes
+    self.metric = f"{split} zero-shot AUC {task}"
     find = records.locator(t, data_root, int(config.data.fs))
     probe = inference.Encoder(ecg_fn=None, text_fn=None, tokenizer_path=tokenizer_path,
                               fs=int(config.data.fs), seconds=float(config.data.seconds),

@@ -15,7 +15,7 @@
   vocab_sha256   digest of init_from's WordPiece vocabulary: a dataset built with another
                  tokenizer is refused before anything compiles (`check_dataset`).
 
-`cgdmer_jax.pretrained_text.resolve(config)` fills these from the folder (and
+`cgdmer_jax.train.pretrained_text.resolve(config)` fills these from the folder (and
 `model.text_width` from its hidden size) before the model is built; the resolved config
 written to the workdir then rebuilds the same model without the folder. Reading the folder
 and loading its weights into a run (`pretrained_text`) sit above this module: model code
@@ -34,22 +34,17 @@ from flax import nnx
 from cgdmer_jax.models import bert, layers
 
 KINDS = ("transformer", "bert")
-# What `model.text` means in a config written before it existed (configs/common.text_config).
-_LEGACY = ml_collections.FrozenConfigDict(dict(kind="transformer", init_from=None,
-                                               freeze_layers=0, mlm_head=False))
-
 
 def settings(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`model.text`, or the from-scratch transformer's settings for older configs."""
-  t = model_config.get("text")
-  return t if t is not None else _LEGACY
+  """`model.text` (configs/common.text_config; older runs' through train/workdir_config)."""
+  return model_config.text
 
 
 def is_bert(model_config: ml_collections.ConfigDict) -> bool:
   t = settings(model_config)
   if t.kind not in KINDS:
     raise ValueError(f"unknown model.text.kind {t.kind!r}; known: {KINDS}")
-  return t.kind == "bert" or bool(t.get("init_from"))
+  return t.kind == "bert" or bool(t.init_from)
 
 
 class BertTextEncoder(nnx.Module):

@@ -25,7 +25,7 @@ MODALITIES = ("ecg", "text")
 
 def shared_width(model_config: ml_collections.ConfigDict) -> int:
   """Width of the shared encoder: `model.shared_width`, or the ECG width when 0/absent."""
-  return model_config.get("shared_width", 0) or model_config.ecg_width
+  return model_config.shared_width or model_config.ecg_width
 
 
 def heads_for(width: int, model_config: ml_collections.ConfigDict) -> int:

@@ -47,14 +47,14 @@ class ECGEncoder(nnx.Module):
     self.width = m.ecg_width
     self.patch_proj = layers.dense(m.patch_size, m.ecg_width, dtype=dtype, rngs=rngs)
     # ST-MEM's patch embedding: LayerNorm(patch) -> Linear -> LayerNorm(token).
-    self.patch_norm = bool(m.get("patch_norm", False))
+    self.patch_norm = bool(m.patch_norm)
     if self.patch_norm:
       self.patch_in_norm = layers.layer_norm(m.patch_size, rngs=rngs)
       self.patch_out_norm = layers.layer_norm(m.ecg_width, rngs=rngs)
     # The patch LayerNorm removes each patch's offset and scale, so the tokens alone carry no
     # amplitude (QRS voltage, ST level, one lead against another); `patch_stats` adds them
     # back as a projection of the patch's mean and log standard deviation.
-    self.patch_stats = bool(m.get("patch_stats", False))
+    self.patch_stats = bool(m.patch_stats)
     if self.patch_stats and not self.patch_norm:
       raise ValueError("model.patch_stats=True (the default) needs model.patch_norm=True; "
                        "with a bare Dense patch embedding set model.patch_stats=False (the "

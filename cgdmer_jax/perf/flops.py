@@ -119,7 +119,7 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   fwd: dict[str, float] = {}
   patch = _dense(B * V, m.patch_size, De)
   # `model.patch_stats`: 2 numbers per patch, read from the data (weight gradient only).
-  stats = (_dense(B * V, 2, De) if m.get("patch_norm", False) and m.get("patch_stats", False)
+  stats = (_dense(B * V, 2, De) if m.patch_norm and m.patch_stats
            else 0.0)
   fwd["ecg backbone"] = patch + stats + m.ecg_depth * _block(B, V, De, r)
   ecg_dis = _token_encoder(B, V, S, S, m.shared_depth, r)
@@ -163,7 +163,7 @@ def analytic_step_flops(config: ml_collections.ConfigDict, batch_size: int) -> d
   out = dict(fwd)
   out["forward"] = forward
   # Backward = 2x forward; a patch projection that reads the data directly: 1x; frozen: 0x.
-  out["total"] = (3 * forward - (0.0 if m.get("patch_norm", False) else patch) - stats
+  out["total"] = (3 * forward - (0.0 if m.patch_norm else patch) - stats
                   - 2 * frozen)
   return out
 
@@ -258,12 +258,12 @@ def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
     bound of the configured step's, used to size the batch to a device).
   """
   from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import sharding  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import train  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.train import loop  # pylint: disable=g-import-not-at-top
   twin = counting_config(config)
   twin.mesh.data, twin.mesh.fsdp = 1, 1
   mesh = sharding.make_mesh(twin, devices=jax.devices()[:1])
-  s = train.setup(twin, mesh)
+  s = loop.setup(twin, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
            for k, v in objective.dummy_batch(twin, twin.data.batch_size).items()}

@@ -46,8 +46,8 @@ from absl import app
 from absl import flags
 
 from cgdmer_jax import overrides
-from cgdmer_jax import sharding
-from cgdmer_jax import train
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import loop
 from cgdmer_jax.models import layers
 from cgdmer_jax.perf import flops as flops_lib
 from cgdmer_jax.perf import step_timing
@@ -304,7 +304,7 @@ def measure(config, devices, *, fit: bool, xla: dict | None = None) -> dict[str,
     probe = overrides.apply(config, {})
     probe.data.batch_size = _batch(_PROBE_BATCH)
     counted = flops_lib.xla_step_flops(probe)
-    s = train.setup(probe, sharding.make_mesh(probe, devices=devices))
+    s = loop.setup(probe, sharding.make_mesh(probe, devices=devices))
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract_state)
                       if jax.numpy.issubdtype(x.dtype, jax.numpy.number))
     limit = (devices[0].memory_stats() or {}).get("bytes_limit")

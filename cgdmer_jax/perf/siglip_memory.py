@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cgdmer_jax import sharding
+from cgdmer_jax.train import sharding
 from cgdmer_jax import siglip
 
 

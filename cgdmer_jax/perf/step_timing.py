@@ -1,7 +1,7 @@
 """Timing of the training step: synthetic batches, step timing, interleaved ablations, reader rate.
 
 The measuring core of `perf/benchmark.py` (which adds the command line, weak scaling and the
-report) and `perf/stmem_compare.py`. Every function builds the step with `train.setup(config,
+report) and `perf/stmem_compare.py`. Every function builds the step with `loop.setup(config,
 mesh)`, the trainer's jitted, donated, sharded step, and times the compiled program.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 from cgdmer_jax import masking
 from cgdmer_jax import objective
 from cgdmer_jax import overrides
-from cgdmer_jax import prefetch
-from cgdmer_jax import sharding
-from cgdmer_jax import train
+from cgdmer_jax.train import prefetch
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import loop
 from cgdmer_jax.data import features
 from cgdmer_jax.models import cgdmer
 from cgdmer_jax.perf import flops as flops_lib
@@ -52,8 +52,8 @@ def batch_stream(config: ml_collections.ConfigDict, mesh, kind: str) -> Iterator
   if kind == "synthetic":
     batch = sharding.global_batch(synthetic_batch(config, config.data.batch_size), mesh)
     return itertools.repeat(batch)
-  return prefetch.device_batches(train.train_stream(config, 0), mesh,
-                              config.data.get("prefetch", 2))
+  return prefetch.device_batches(loop.train_stream(config, 0), mesh,
+                              config.data.prefetch)
 
 
 def tokens_per_example(config: ml_collections.ConfigDict) -> int:
@@ -107,7 +107,7 @@ def run_step_benchmark(config: ml_collections.ConfigDict, devices: list, *, step
     dict of the measurements (see the module docstring); times in seconds.
   """
   mesh = sharding.make_mesh(config, devices=devices)
-  s = train.setup(config, mesh)
+  s = loop.setup(config, mesh)
   B = config.data.batch_size
   with jax.set_mesh(mesh):
     state = s.init_state()
@@ -182,7 +182,7 @@ def run_ablations(config: ml_collections.ConfigDict, devices: list,
   for name, changes in variants:
     c = overrides.apply(config, changes)
     mesh = sharding.make_mesh(c, devices=devices)
-    s = train.setup(c, mesh)
+    s = loop.setup(c, mesh)
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(synthetic_batch(c, c.data.batch_size), mesh)
@@ -207,7 +207,7 @@ def run_ablations(config: ml_collections.ConfigDict, devices: list,
 
 def reader_rate(config: ml_collections.ConfigDict, batches: int = 20) -> float:
   """Examples/s of the training reader alone (after its first batch)."""
-  it = train.train_stream(config, 0)
+  it = loop.train_stream(config, 0)
   next(it)
   t0 = time.perf_counter()
   for _ in itertools.islice(it, batches):

@@ -26,8 +26,8 @@ from absl import app
 from absl import flags
 
 from cgdmer_jax import overrides
-from cgdmer_jax import sharding
-from cgdmer_jax import train
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import loop
 from cgdmer_jax.perf import step_timing
 
 _SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "small", "base"], "ST-MEM encoder size.")
@@ -67,7 +67,7 @@ def main(argv) -> None:
   config = overrides.apply(config, overrides.parse_items(",".join(_OVERRIDES.value)))
   B = config.data.batch_size
   mesh = sharding.make_mesh(config, devices=jax.devices()[:1])
-  s = train.setup(config, mesh)
+  s = loop.setup(config, mesh)
   cmd = peer_command(_PEER_PYTHON.value, _PEER_SCRIPT.value, _PEER_DIR.value, _SIZE.value, B,
                      _STEPS.value, _THREADS.value)
   print(f"ours: the trainer's step of configs/stmem_matched.py:size={_SIZE.value}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from data_pipelines import signal
 from data_pipelines.sources.base import LayoutError, RawRecord, RecordRef, Rejected, Source
 
 _MODULES = {
@@ -81,7 +82,6 @@ def read_canonical(name: str, root: str | os.PathLike, record: str, config, **op
   Raises:
     Rejected: the record cannot be read or canonicalised (message = reason).
   """
-  from data_pipelines import signal  # pylint: disable=g-import-not-at-top
   source = get_source(name, root, **options)
   sig, leads, fs, _ = source.read_signal(record, max_seconds=config.seconds)
   return signal.canonicalize(sig, leads, fs, config)

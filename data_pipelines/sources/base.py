@@ -21,14 +21,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from data_pipelines.errors import Rejected  # noqa: F401 (sources raise it as base.Rejected)
 
 
 class LayoutError(ValueError):
   """The input folder does not have the layout the source expects (a usage error)."""
-
-
-class Rejected(Exception):
-  """A record that cannot be converted; the message is the manifest's `reason`."""
 
 
 @dataclasses.dataclass(frozen=True)

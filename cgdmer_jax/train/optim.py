@@ -80,7 +80,7 @@ def make_optimizer(config: ml_collections.ConfigDict
   chain.append(optax.adamw(
       learning_rate=schedule, b1=config.optim.b1, b2=config.optim.b2,
       weight_decay=config.optim.weight_decay, mask=decay_mask))
-  mult = float(config.optim.get("siglip_lr_mult", 1.0))
+  mult = float(config.optim.siglip_lr_mult)
   if mult <= 0:
     raise ValueError(f"optim.siglip_lr_mult must be > 0, got {mult}")
   if mult != 1.0:

@@ -14,15 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgdmer_jax import accumulate
-from cgdmer_jax import sharding
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import sharding
 
 
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
   from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
   return reader.eval_batches(config.data.dir, split=split,
                              global_batch_size=config.data.eval_batch_size,
-                             on_corrupt=config.data.get("on_corrupt", "error"))
+                             on_corrupt=config.data.on_corrupt)
 
 
 def make_eval_step(graphdef, config) -> Callable:

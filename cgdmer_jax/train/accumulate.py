@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from cgdmer_jax import losses
 from cgdmer_jax import masking
 from cgdmer_jax import objective
-from cgdmer_jax import sharding
+from cgdmer_jax.train import sharding
 from cgdmer_jax.models import patching
 
 COUPLED_TERMS = ("contrastive", "disentangle")
@@ -41,7 +41,7 @@ def num_chunks(config: ml_collections.ConfigDict) -> int:
   Returns:
     n = `model.batch_chunks * optim.grad_accum_steps` (1: the batch in one piece).
   """
-  return int(config.model.get("batch_chunks", 1)) * int(config.optim.get("grad_accum_steps", 1))
+  return int(config.model.batch_chunks) * int(config.optim.grad_accum_steps)
 
 
 def check(config: ml_collections.ConfigDict, batch_size: int) -> None:

@@ -4,6 +4,10 @@ Sections read top to bottom as in big_vision's train.py. The step is a pure func
 `(state, batch) -> (state, metrics)` jitted once over the mesh with explicit shardings and the
 state donated. The step's RNG is `fold_in(seed, step)` and the input stream is a pure function
 of (seed, step), so a resumed run continues exactly where the interrupted one was.
+
+The input modules (`cgdmer_jax.data.*`) are imported inside the functions that read data:
+they import TensorFlow, which the step benchmark and the GPU check (built on `setup`) run
+without.
 """
 
 from __future__ import annotations
@@ -12,37 +16,51 @@ import dataclasses
 import functools
 import json
 import math
-import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import jax
 import jax.numpy as jnp
-from absl import logging
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
-from cgdmer_jax import accumulate
-from cgdmer_jax import balance
-from cgdmer_jax import checkpointing
-from cgdmer_jax import config_checks
-from cgdmer_jax import diagnostics
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import balance
+from cgdmer_jax.train import checkpointing
+from cgdmer_jax.train import checks
+from cgdmer_jax.train import diagnostics
 from cgdmer_jax import losses
-from cgdmer_jax import metrics as metrics_lib
+from cgdmer_jax.train import metrics as metrics_lib
 from cgdmer_jax import objective
-from cgdmer_jax import optim
-from cgdmer_jax import prefetch
-from cgdmer_jax import sharding
-from cgdmer_jax import pretrained_text
-from cgdmer_jax import validation
-from cgdmer_jax.models import bert_tower
-from cgdmer_jax import workdir_lock
+from cgdmer_jax.train import optim
+from cgdmer_jax.train import prefetch
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import pretrained_text
+from cgdmer_jax.train import val_loss
+from cgdmer_jax.train import workdir_config
+from cgdmer_jax.train import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; the run stops, keeping the last good checkpoint."""
+
+
+class Scorer(Protocol):
+  """Model selection at each eval (`config.best`): params -> a score, higher is better."""
+  metric: str        # what the score is, for logs
+  num_records: int   # records scored
+  num_listed: int    # records the task lists
+
+  def __call__(self, params) -> float: ...
+
+
+# (config, graphdef, tokenizer path) -> Scorer. Built by the entry point
+# (`evaluators.val_zero_shot.scorer_factory`): the trainer does not import evaluation code.
+ScorerFactory = Callable[[ml_collections.ConfigDict, Any, "str | None"], Scorer]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,23 +76,23 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
   try:
     pretrained_text.resolve(config)
   except (OSError, ValueError) as e:
-    raise config_checks.ConfigError(f"model.text.init_from: {e}") from e
+    raise checks.ConfigError(f"model.text.init_from: {e}") from e
   if info.fs != config.data.fs:
-    raise config_checks.ConfigError(
+    raise checks.ConfigError(
         f"the dataset at {config.data.dir} is at {info.fs} Hz but config.data.fs="
         f"{config.data.fs}: pass --config.data.fs={info.fs} or rebuild the data")
   want = int(round(config.data.fs * config.data.seconds))
   if info.num_samples != want:
-    raise config_checks.ConfigError(
+    raise checks.ConfigError(
         f"the dataset holds {info.num_samples} samples per lead but config.data.fs * seconds "
         f"= {want}: pass --config.data.seconds={info.num_samples / info.fs:g}")
-  config_checks.check_reports(config, int(info.vocab_size), str(config.data.dir))
-  if config.data.get("mix"):
-    from cgdmer_jax.data import mixture  # pylint: disable=g-import-not-at-top
+  checks.check_reports(config, int(info.vocab_size), str(config.data.dir))
+  if config.data.mix:
+    from cgdmer_jax.data import mixture
     try:
       logging.info("training mixture: %s", mixture.check_config(config, info))
     except (ValueError, FileNotFoundError) as e:
-      raise config_checks.ConfigError(f"config.data.mix: {e}") from e
+      raise checks.ConfigError(f"config.data.mix: {e}") from e
   with config.unlocked():
     config.model.vocab_size = int(info.vocab_size)
     config.model.max_report_len = int(info.max_report_len)
@@ -86,22 +104,21 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
   try:
     pretrained_text.check_dataset(config, info.build_info, config.data.dir)
   except ValueError as e:
-    raise config_checks.ConfigError(str(e)) from e
+    raise checks.ConfigError(str(e)) from e
 
 
 def train_stream(config, start_step: int, damage_log=None) -> Iterator[dict[str, np.ndarray]]:
-  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
-  if config.data.get("mix"):
-    from cgdmer_jax.data import mixture  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.data import mixture, reader
+  if config.data.mix:
     return mixture.train_batches(
         mixture.sources_of(config), split=config.data.train_split,
         global_batch_size=config.data.batch_size, seed=config.seed, start_step=start_step,
         shuffle_buffer=config.data.shuffle_buffer,
-        on_corrupt=config.data.get("on_corrupt", "error"), damage_log=damage_log)
+        on_corrupt=config.data.on_corrupt, damage_log=damage_log)
   return reader.train_batches(
       config.data.dir, split=config.data.train_split, global_batch_size=config.data.batch_size,
       seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer,
-      on_corrupt=config.data.get("on_corrupt", "error"), damage_log=damage_log)
+      on_corrupt=config.data.on_corrupt, damage_log=damage_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +176,7 @@ class Setup:
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """Builds the model, optimizer, shardings and the jitted step on `mesh` (nothing runs)."""
-  config_checks.check_devices(config, mesh.size, jax.process_count())
+  checks.check_devices(config, mesh.size, jax.process_count())
   tx, schedule = optim.make_optimizer(config)
   graphdef, abstract_params = objective.abstract_init(config)
 
@@ -189,36 +206,42 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   return Setup(mesh, graphdef, abstract_state, shardings, init_state, step, tx, schedule)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       make_scorer: ScorerFactory | None = None) -> dict[str, float]:
   """Pretrains per `config`, checkpointing to `workdir`; resumes whatever is there.
+
+  Args:
+    config: a pretraining config (configs/pretrain.py).
+    workdir: checkpoints, metrics and the resolved config go here.
+    make_scorer: builds the model-selection scorer that `config.best` asks for
+      (`evaluators.val_zero_shot.scorer_factory(config)`); required when
+      `config.best.zero_shot_task` is set.
 
   Returns:
     The last logged metrics (process-local floats).
   """
-  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
-  workdir = pathlib.Path(workdir)
-  config_checks.check(config)
+  from cgdmer_jax.data import reader
+  workdir = epath.Path(workdir)
+  checks.check(config)
+  if config.best.zero_shot_task and make_scorer is None:
+    raise checks.ConfigError(
+        f"config.best.zero_shot_task={config.best.zero_shot_task!r} needs a scorer: run "
+        "`python -m cgdmer_jax.main`, or pass make_scorer=val_zero_shot.scorer_factory(config)")
   info = reader.load_info(config.data.dir)
   apply_dataset_info(config, info)
-  config_checks.check_resume(config, workdir)
+  checks.check_resume(config, workdir)
   with workdir_lock.hold(workdir):  # one trainer per workdir, from here to the end
-    return _train_locked(config, workdir, info)
+    return _train_locked(config, workdir, info, make_scorer)
 
 
-def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
-                  ) -> dict[str, float]:
-  from cgdmer_jax.data import shard_scan  # pylint: disable=g-import-not-at-top
-  write_config(config, workdir)
+def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path, info,
+                  make_scorer: ScorerFactory | None) -> dict[str, float]:
+  from cgdmer_jax.data import shard_scan
+  workdir_config.write(config, workdir)
 
   mesh = sharding.make_mesh(config)
   s = setup(config, mesh)
@@ -231,7 +254,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
   if "balance" in s.abstract_state and "balance" not in state:  # saved without loss.balance
     logging.warning("the checkpoint has no loss.balance state: the balancer starts afresh")
     state["balance"] = jax.device_put(balance.init_state(config), s.state_shardings["balance"])
-  if resumed.source == "scratch" and bert_tower.settings(config.model).get("init_from"):
+  if resumed.source == "scratch" and config.model.text.init_from:
     state["params"] = pretrained_text.load_pretrained(state["params"], config)
     logging.info("report tower initialised from %s", config.model.text.init_from)
   state["step"] = jax.device_put(jnp.asarray(resumed.step, jnp.int32), s.state_shardings["step"])
@@ -239,8 +262,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
   logging.info("starting at step %d (%s); mesh %s; %d devices, %d processes", step,
                resumed.source, dict(mesh.shape), mesh.size, jax.process_count())
 
-  eval_step = jax.jit(validation.make_eval_step(s.graphdef, config))
-  diag_every = int(config.get("diagnostics", {}).get("every_steps", 0) or 0)
+  eval_step = jax.jit(val_loss.make_eval_step(s.graphdef, config))
+  diag_every = int(config.diagnostics.every_steps)
   bal_every = balance.every_steps(config) if "balance" in state else 0
   diag_fn = (jax.jit(diagnostics.term_gradients_fn(s.graphdef, config))
              if diag_every or bal_every else None)
@@ -248,23 +271,20 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
                        out_shardings=s.state_shardings.get("balance"))
   diag_key = jax.random.key(config.seed)  # the train step's own key: fold_in(key, step)
   scorer = keeper = None
-  if config.get("best") and config.best.zero_shot_task:
-    from cgdmer_jax.evaluators import val_zero_shot  # pylint: disable=g-import-not-at-top
-    scorer = val_zero_shot.ValZeroShot(config, s.graphdef, task=config.best.zero_shot_task,
-                                       data_root=config.best.data_root,
-                                       tokenizer_path=info.tokenizer_path)
-    keeper = checkpointing.BestKeeper(workdir, f"val zero-shot AUC {config.best.zero_shot_task}")
-    logging.info("model selection on %s: %d of %d val ECGs", config.best.zero_shot_task,
+  if config.best.zero_shot_task:
+    scorer = make_scorer(config, s.graphdef, info.tokenizer_path)
+    keeper = checkpointing.BestKeeper(workdir, scorer.metric)
+    logging.info("model selection on %s: %d of %d records", scorer.metric,
                  scorer.num_records, scorer.num_listed)
   writer = metrics_lib.MetricWriter(workdir)
   window = metrics_lib.WindowMean()
   progress = metrics_lib.Progress(step, config.total_steps)
   watcher = checkpointing.PreemptionWatcher()
-  meta = {"config": "pretrain", "variant": config.get("variant", ""), "seed": config.seed}
+  meta = {"config": "pretrain", "variant": config.variant, "seed": config.seed}
   last_logged: dict[str, float] = {}
   pending = None  # (step, device metrics) of the last dispatched step, fetched one step later
   last_good_step = ckpt.latest_step()
-  damage_log = shard_scan.DamageLog() if config.data.get("on_corrupt") == "skip" else None
+  damage_log = shard_scan.DamageLog() if config.data.on_corrupt == "skip" else None
 
   def flush() -> None:
     nonlocal pending
@@ -272,7 +292,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
       return
     p_step, p_mets = pending
     pending = None
-    fetched = validation.fetch(p_mets)
+    fetched = val_loss.fetch(p_mets)
     if not math.isfinite(fetched["loss"]):
       raise NonFiniteLossError(
           f"loss is {fetched['loss']} at step {p_step} ({fetched}); the run stops here. The "
@@ -286,13 +306,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
       last_good_step = at
 
   stop_at = config.total_steps
-  if config.get("steps_per_run", 0):
+  if config.steps_per_run:
     stop_at = min(stop_at, step + config.steps_per_run)
   t_window, steps_window = time.perf_counter(), 0
   try:
     with jax.set_mesh(mesh):
       batches = prefetch.device_batches(train_stream(config, step, damage_log), mesh,
-                                         config.data.get("prefetch", 2))
+                                         config.data.prefetch)
       while step < stop_at:
         batch = next(batches)
         log_diag = diag_every and (step + 1) % diag_every == 0
@@ -304,7 +324,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
             state["balance"] = bal_update(state["balance"], {
                 k: diag[balance.GNORM_PREFIX + k] for k in balance.active_terms(config)})
           if log_diag:
-            window.add_once(validation.fetch(diag))
+            window.add_once(val_loss.fetch(diag))
         state, mets = s.train_step(state, batch)
         step += 1
         steps_window += 1
@@ -326,10 +346,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
           save(step, force=step == stop_at)
         if config.eval_every_steps and (step % config.eval_every_steps == 0
                                         or step == config.total_steps):
-          val = validation.evaluate_loss(state["params"], eval_step, config, mesh,
+          val = val_loss.evaluate_loss(state["params"], eval_step, config, mesh,
                                          config.data.val_split)
           if scorer is not None:
-            val["val/zero_shot_auc"] = scorer(state["params"])
+            val["val/zero_shot_auc"] = scorer(state["params"])  # the key predates Scorer
             if keeper.update(step, val["val/zero_shot_auc"], state["params"]):
               logging.info("step %d: best %s so far (%.4f), saved to %s", step, keeper.metric,
                            keeper.best, keeper.dir)
@@ -341,7 +361,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, info
           break
       flush()
       logging.info("process %d/%d ends at step %d; params digest %s", jax.process_index(),
-                   jax.process_count(), step, validation.params_digest(state["params"]))
+                   jax.process_count(), step, val_loss.params_digest(state["params"]))
   except shard_scan.DamagedShardError:  # (train or val input) keep every finished step
     if step > resumed.step and step != ckpt.latest_step():
       save(step, force=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 
 import ml_collections
+from etils import epath
 
-from cgdmer_jax import accumulate
+from cgdmer_jax.train import accumulate
 from cgdmer_jax import siglip
-from cgdmer_jax.models import cgdmer, layers, normalize
+from cgdmer_jax.models import bert_tower, cgdmer, layers, normalize
+from cgdmer_jax.train import workdir_config
 
 # The tables of accepted values belong to the modules that use them.
 NORMALIZE = normalize.METHODS
@@ -62,7 +64,7 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
   for name in ("ecg", "text", "contrastive", "disentangle"):
     _require(config.loss[name] >= 0, f"config.loss.{name}={config.loss[name]} must be >= 0")
   for table in ("ramp_start", "ramp_steps"):
-    for name, v in config.loss.get(table, {}).items():
+    for name, v in config.loss[table].items():
       _require(name in ("ecg", "text", "contrastive", "disentangle"),
                f"config.loss.{table}.{name}: no such loss term")
       _require(int(v) >= 0, f"config.loss.{table}.{name}={v} must be >= 0")
@@ -84,21 +86,18 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
       raise ConfigError(f"config: {e}") from None
   _require(d.eval_batch_size > 0,
            f"config.data.eval_batch_size must be positive, got {d.eval_batch_size}")
-  _require(config.loss.get("siglip_impl", "all_gather") in siglip.IMPLS,
-           f"config.loss.siglip_impl={config.loss.get('siglip_impl')!r}; choose one of "
+  _require(config.loss.siglip_impl in siglip.IMPLS,
+           f"config.loss.siglip_impl={config.loss.siglip_impl!r}; choose one of "
            f"{siglip.IMPLS}")
   _require(config.total_steps > 0, f"config.total_steps must be positive, got {config.total_steps}")
-  _require(d.get("on_corrupt", "error") in ("error", "skip"),
-           f"config.data.on_corrupt={d.get('on_corrupt')!r}; choose 'error' or 'skip'")
+  _require(d.on_corrupt in ("error", "skip"),
+           f"config.data.on_corrupt={d.on_corrupt!r}; choose 'error' or 'skip'")
   _require(config.checkpoint.every_steps > 0,
            f"config.checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
   _require(config.checkpoint.keep is None or config.checkpoint.keep >= 1,
            f"config.checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
-  best = config.get("best")
-  if best is not None and best.zero_shot_task:
-    from cgdmer_jax.evaluators import tasks  # pylint: disable=g-import-not-at-top
-    _require(best.zero_shot_task in tasks.TASKS,
-             f"config.best.zero_shot_task={best.zero_shot_task!r}; known: {sorted(tasks.TASKS)}")
+  best = config.best
+  if best.zero_shot_task:  # the task's name is checked by the scorer's factory (evaluators/)
     _require(bool(best.data_root), "config.best.zero_shot_task needs config.best.data_root (the "
              "folder holding the task's records, label tables and merl_zeroshot/)")
     _require(config.loss.contrastive > 0, "config.best.zero_shot_task needs the contrastive "
@@ -125,7 +124,7 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int,
     ConfigError: naming the field and the counts.
   """
   fields = ["batch_size"]
-  if config.get("eval_every_steps", 0):
+  if config.eval_every_steps:
     fields.append("eval_batch_size")
   for field in fields:
     value = config.data[field]
@@ -146,7 +145,7 @@ def check_reports(config: ml_collections.ConfigDict, vocab_size: int, data_dir: 
   ok = cgdmer.variants_without_reports()
   raise ConfigError(
       f"the dataset at {data_dir} has no reports (vocab_size 0, e.g. CinC, CPSC2018, CSN), but "
-      f"variant {config.get('variant', '')!r} (loss.contrastive={config.loss.contrastive}, "
+      f"variant {config.variant!r} (loss.contrastive={config.loss.contrastive}, "
       f"loss.text={config.loss.text}) needs them; variants that train without reports: "
       + ", ".join(f"--config=configs/pretrain.py:variant={v}" for v in ok))
 
@@ -156,18 +155,7 @@ def check_reports(config: ml_collections.ConfigDict, vocab_size: int, data_dir: 
 RUNTIME_MODEL_KEYS = ("dtype", "attention", "remat", "batch_chunks", "probe_features")
 
 
-# Model settings newer than some workdirs, and the values such a workdir was built with: the
-# from-scratch report transformer; the dataset's special ids (SentencePiece's, copied from
-# build_info since, so equal to what the run's dataset had).
-_IMPLIED_WHEN_ABSENT = {
-    "text": lambda t: t.get("kind") == "transformer" and not t.get("init_from"),
-    "special_ids": lambda ids: True,
-    "normal_ids_start": lambda n: True,
-    "patch_stats": lambda on: not on,   # runs from before it were built without it
-}
-
-
-def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
   """A workdir that holds checkpoints must be resumed with its own model settings.
 
   Compares `config.model`, `data.normalize` and the loss terms that build branches with the
@@ -177,12 +165,13 @@ def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
   Raises:
     ConfigError: naming each differing setting and the override that restores it.
   """
+  workdir = epath.Path(workdir)
   ckpts = workdir / "checkpoints"
-  saved_path = workdir / "config.json"
+  saved_path = workdir_config.path_of(workdir)
   if not saved_path.is_file() or not ckpts.is_dir() or not any(
       p.name.isdigit() for p in ckpts.iterdir()):
     return
-  saved = json.loads(saved_path.read_text())
+  saved = workdir_config.read_json(saved_path)  # keys newer than the run: as it was built
   absent = object()
   diffs = []
   for key, now in config.model.items():
@@ -191,8 +180,9 @@ def check_resume(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     was = saved.get("model", {}).get(key, absent)
     if isinstance(now, ml_collections.ConfigDict):  # a subtree (model.text) vs its JSON
       now = json.loads(now.to_json_best_effort())
-    if was is absent and key in _IMPLIED_WHEN_ABSENT and _IMPLIED_WHEN_ABSENT[key](now):
-      continue  # a run from before the setting existed, built as it now says
+    if key == "text" and was == workdir_config.LEGACY_TEXT and not bert_tower.is_bert(
+        config.model):
+      continue  # a run from before model.text: the from-scratch transformer, as now
     if was is absent or was != now:
       diffs.append((f"model.{key}", was, now))
   # The input scaling the weights were trained on (the default changed from 'zscore').

@@ -16,7 +16,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from cgdmer_jax import sharding
+from cgdmer_jax.train import sharding
 
 
 def device_batches(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,

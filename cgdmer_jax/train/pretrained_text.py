@@ -31,7 +31,7 @@ def resolve(config: ml_collections.ConfigDict) -> None:
   t = m.text
   with config.unlocked():
     t.kind = "bert"
-    if t.get("init_from"):
+    if t.init_from:
       from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top
       cfg = bert_checkpoint.read_config(t.init_from)
       _, mlm, _ = bert_checkpoint.check_weights(bert_checkpoint.read_weights(t.init_from), cfg,
@@ -62,14 +62,14 @@ def check_dataset(config: ml_collections.ConfigDict, build_info: dict, data_dir:
   have = build_info.get("tokenizer_name") or (
       f"SentencePiece ({build_info.get('vocab_size')} pieces)" if build_info.get("tokenizer")
       else "no tokenizer")
-  if t.get("vocab_sha256"):
+  if t.vocab_sha256:
     if build_info.get("vocab_sha256") != t.vocab_sha256:
       raise ValueError(
           f"the dataset at {data_dir} was built with tokenizer {have}, but the report tower "
           f"is the BERT of {t.init_from} (WordPiece vocab_sha256 {t.vocab_sha256[:12]}): "
           f"rebuild the data with --tokenizer=hf:{t.init_from}")
   with config.unlocked():
-    if not t.get("init_from"):
+    if not t.init_from:
       t.bert = dict(t.bert, vocab_size=int(build_info["vocab_size"]))
   if int(t.bert["vocab_size"]) != int(build_info["vocab_size"]):
     raise ValueError(f"the dataset at {data_dir} has a vocabulary of {build_info['vocab_size']} "

@@ -1,7 +1,7 @@
 r"""Converter and reader throughput on a PTB-XL folder, next to a plain wfdb loop.
 
 Usage:
-  python -m data_pipelines.benchmark --input=../shared/data/ptbxl [--workers=N] [--fs=100]
+  python -m data_pipelines.throughput --input=../shared/data/ptbxl [--workers=N] [--fs=100]
 
 Prints (one machine, one run):
 * plain loop: `wfdb.rdsamp` + `np.save` over every record of ptbxl_database.csv, in a fresh

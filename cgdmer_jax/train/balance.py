@@ -37,8 +37,8 @@ GNORM_PREFIX = "balance/grad_norm/"
 
 
 def method(config: ml_collections.ConfigDict) -> str:
-  """`loss.balance` ('none' where absent), validated."""
-  m = config.loss.get("balance", "none") or "none"
+  """`loss.balance`, validated."""
+  m = config.loss.balance
   if m not in METHODS:
     raise ValueError(f"unknown loss.balance {m!r}; known: {list(METHODS)}")
   return m
@@ -54,7 +54,7 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 
 def every_steps(config: ml_collections.ConfigDict) -> int:
-  n = int(config.loss.get("balance_every_steps", 10))
+  n = int(config.loss.balance_every_steps)
   if n < 1:
     raise ValueError(f"loss.balance_every_steps must be >= 1, got {n}")
   return n
@@ -72,7 +72,7 @@ def multipliers(state: dict[str, jax.Array], config: ml_collections.ConfigDict
   """lambda_t of every active term from the state (pure; traced inside the step)."""
   terms = active_terms(config)
   log_g = jnp.stack([state[f"log_gnorm/{k}"] for k in terms])
-  cap = jnp.log(jnp.float32(config.loss.get("balance_max", 1e4)))
+  cap = jnp.log(jnp.float32(config.loss.balance_max))
   log_lam = jnp.clip(jnp.mean(log_g) - log_g, -cap, cap)
   return {k: jnp.exp(log_lam[i]) for i, k in enumerate(terms)}
 
@@ -91,7 +91,7 @@ def update(state: dict[str, jax.Array], grad_norms: dict[str, jax.Array],
   Returns:
     The new state.
   """
-  decay = jnp.float32(config.loss.get("balance_decay", 0.7))
+  decay = jnp.float32(config.loss.balance_decay)
   first = state["updates"] == 0
   out = {"updates": state["updates"] + 1}
   for k in active_terms(config):

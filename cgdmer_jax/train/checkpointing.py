@@ -170,7 +170,7 @@ def initial_state(ckpt: Checkpointer, config, abstract_state: dict[str, Any],
   Returns:
     The state to train from, its step and where it came from.
   """
-  strict = bool(config.checkpoint.get("strict_restore", False))
+  strict = bool(config.checkpoint.strict_restore)
   steps = sorted(ckpt.all_steps(), reverse=True)
   for step in steps:
     try:
