@@ -140,13 +140,10 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   # ECG features used for linear probing: 'shared', 'specific' or 'concat'.
   m.probe_features = "concat"
   # ST-MEM's patch embedding, LayerNorm(patch) -> Dense -> LayerNorm(token), instead of a bare
-  # Dense: the masked-patch loss leaves its initial plateau sooner (tiny, 2 000 steps on
-  # PTB-XL: val ECG loss 0.744 against 0.827 with a bare Dense; docs/MODEL.md).
+  # Dense (docs/RECIPE.md#the-defaults-and-why).
   m.patch_norm = True
   # Needs patch_norm: adds each patch's mean and log std back to its token (models/ecg.py), the
-  # amplitude the patch LayerNorm removes. On millivolts (`data.normalize='none'`, the default)
-  # that is the voltage: better on every term and task measured (docs/RECIPE.md "Amplitude");
-  # on z-scored leads only the amplitude relative to the lead, measured worse on super/sub.
+  # amplitude the patch LayerNorm removes: on millivolts, the voltage (docs/RECIPE.md#amplitude).
   m.patch_stats = True
   # Per-patch normalised reconstruction target (MAE / ST-MEM norm_pix_loss).
   m.norm_patch_target = True

@@ -29,10 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.variant = args.variant
-  # CPU sizes: 3 000 steps (tiny: about 26 min on 2 CPU cores at batch 32). Against 2 000,
-  # seeds 0-2 on PTB-XL + ptbxl_extra: val masked-ECG loss 0.651-0.693 against 0.759-0.779,
-  # probe 100 % super +1.0, zero-shot super unchanged (docs/RECIPE.md, "The default recipe
-  # over three seeds").
+  # CPU sizes: 3 000 steps, about 26 min for tiny on 2 cores (docs/RECIPE.md#the-defaults-and-why).
   config.total_steps = 3_000 if cpu else 20_000
   # Stop after this many steps in this process, with a checkpoint (0: run to total_steps).
   # For cluster job slots shorter than the whole run: resubmit the same command to continue.
@@ -53,10 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Global batches built this many steps ahead on a background thread (prefetch.device_batches),
   # so reading and the host-to-device copy overlap the running step; 0 = on demand.
   config.data.prefetch = 2
-  # 'none': millivolts as stored (the default: with `model.patch_stats` the tokens see the
-  # voltage, which carries hypertrophy); 'zscore': per record and lead over the valid samples
-  # (removes it; tiny, val PTB-XL super: HYP probe 71 against 80 for band power on mV,
-  # docs/RECIPE.md "Amplitude").
+  # 'none': millivolts as stored, the voltage is a feature; 'zscore': per record and lead over
+  # the valid samples (docs/RECIPE.md#amplitude).
   config.data.normalize = "none"
   config.data.train_split = "train"
   config.data.val_split = "val"
@@ -93,11 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # its gradient on the parameters the terms share has the geometric mean of their norms
   # (measured every balance_every_steps steps on the step's batch, EMA decay balance_decay,
   # multipliers within [1/balance_max, balance_max]); the loss.<term> weights are then the
-  # terms' priorities. 'none': the static weights (the masked-ECG term then barely trains
-  # the encoder: docs/RECIPE.md, "Why the terms compete").
+  # terms' priorities. 'none': the static weights (docs/RECIPE.md#why-the-terms-compete).
   config.loss.balance = "grad_norm"
-  # One measurement costs about a forward and four backward passes (tiny on 2 CPU cores:
-  # +20-28 % step time at every 10 steps). small/base: scaled with their 10x longer schedule.
+  # One measurement costs about a forward and four backward passes (docs/TRAINING.md).
   config.loss.balance_every_steps = 10 if cpu else 50
   config.loss.balance_decay = 0.7
   config.loss.balance_max = 1e4

@@ -49,7 +49,7 @@ def test_batch_chunks_same_loss_and_grads():
   rng = jax.random.key(1)
 
   def value_and_grad(c):
-    return jax.jit(accumulate.loss_and_grads_fn(graphdef, c))(params, batch, rng)
+    return jax.jit(accumulate.make_loss_and_grads_fn(graphdef, c))(params, batch, rng)
 
   (loss, mets), grads = value_and_grad(config)
   (loss_c, mets_c), grads_c = value_and_grad(chunked)
@@ -61,7 +61,7 @@ def test_batch_chunks_same_loss_and_grads():
   for a, b in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
   # Forward only (evaluation) takes the chunked path too.
-  fwd = jax.jit(accumulate.loss_fn(graphdef, chunked))
+  fwd = jax.jit(accumulate.make_loss_fn(graphdef, chunked))
   loss_f, mets_f = fwd(params, batch, rng)
   np.testing.assert_allclose(float(loss_f), float(loss), rtol=1e-5)
   np.testing.assert_allclose(float(mets_f["ecg_mse/time"]), float(mets["ecg_mse/time"]),
@@ -73,7 +73,7 @@ def test_batch_chunks_refuse_coupled_losses():
   config.model.batch_chunks = 2
   graphdef, params = objective.init(config, 0)
   with pytest.raises(ValueError, match="per-example"):
-    jax.eval_shape(accumulate.loss_and_grads_fn(graphdef, config),
+    jax.eval_shape(accumulate.make_loss_and_grads_fn(graphdef, config),
                    params, objective.dummy_batch(config, 4), jax.random.key(0))
 
 
@@ -88,7 +88,7 @@ def test_batch_chunks_sharded_train_step():
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(step_timing.synthetic_batch(config, 16), mesh)
-      fn = jax.jit(accumulate.loss_and_grads_fn(s.graphdef, config))
+      fn = jax.jit(accumulate.make_loss_and_grads_fn(s.graphdef, config))
       (loss, _), grads = fn(state["params"], batch, jax.random.key(2))
       results.append((float(loss), jax.device_get(grads)))
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)

@@ -152,7 +152,7 @@ def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
     with jax.set_mesh(mesh):
       state = s.init_state()
       batch = sharding.global_batch(local, mesh)
-      fn = jax.jit(accumulate.loss_and_grads_fn(s.graphdef, config))
+      fn = jax.jit(accumulate.make_loss_and_grads_fn(s.graphdef, config))
       (loss, _), grads = fn(state["params"], batch, jax.random.key(3))
       results.append((float(loss), jax.device_get(grads)))
   (l1, g1), (l8, g8) = results

@@ -9,8 +9,8 @@ free) is taken over the whole batch before any chunk runs, so chunk c contribute
 mean_c * W_c / W and the chunks' losses and gradients add up to those of the whole batch.
 
 Terms that couple the examples of a batch (SigLIP's negatives, the disentanglement
-correlations) have no such split; `check` refuses them with chunks (config_checks calls it
-before anything compiles).
+correlations) have no such split; `check_batch_size` refuses them with chunks (train/checks.py
+calls it before anything compiles).
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from cgdmer_jax import losses
-from cgdmer_jax import masking
-from cgdmer_jax import objective
-from cgdmer_jax.train import sharding
+from cgdmer_jax import losses, masking, objective
 from cgdmer_jax.models import patching
+from cgdmer_jax.train import sharding
 
 COUPLED_TERMS = ("contrastive", "disentangle")
 
@@ -44,7 +42,7 @@ def num_chunks(config: ml_collections.ConfigDict) -> int:
   return int(config.model.batch_chunks) * int(config.optim.grad_accum_steps)
 
 
-def check(config: ml_collections.ConfigDict, batch_size: int) -> None:
+def check_batch_size(config: ml_collections.ConfigDict, batch_size: int) -> None:
   """Raises ValueError where the batch cannot be accumulated exactly in `num_chunks` chunks.
 
   Args:
@@ -129,7 +127,7 @@ def _chunk_share(graphdef, config: ml_collections.ConfigDict, totals: dict, step
 
 def _prepare(batch: dict, rng: jax.Array, config: ml_collections.ConfigDict, n: int):
   """Masks and weights of the whole batch; its chunks; the weight totals."""
-  check(config, batch["ecg"].shape[0])
+  check_batch_size(config, batch["ecg"].shape[0])
   batch = {k: v for k, v in batch.items() if jnp.asarray(v).dtype.kind in "biuf"}
   masks = masking.sample_masks(rng, batch, config)
   weights = _weights(batch, masks, config)
@@ -142,7 +140,7 @@ def _zeros_like_out(fn, *args):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
 
-def loss_and_grads_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
+def make_loss_and_grads_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
   """`(params, batch, rng, step=None, balance=None) -> ((loss, metrics), grads)`, exactly.
 
   `step` (the optimizer step) sets the terms' ramp-in weights and `balance` their
@@ -176,8 +174,8 @@ def loss_and_grads_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
   return loss_and_grads
 
 
-def loss_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
-  """`(params, batch, rng) -> (loss, metrics)`, chunk by chunk like `loss_and_grads_fn`.
+def make_loss_fn(graphdef, config: ml_collections.ConfigDict) -> Callable:
+  """`(params, batch, rng) -> (loss, metrics)`, chunk by chunk like `make_loss_and_grads_fn`.
 
   Forward only (evaluation): the same chunks, so the memory of one chunk's activations.
   """

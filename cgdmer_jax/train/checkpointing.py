@@ -175,7 +175,7 @@ def initial_state(ckpt: Checkpointer, config, abstract_state: dict[str, Any],
   for step in steps:
     try:
       state, meta = ckpt.restore(step, abstract_state, shardings)
-    except Exception as e:  # pylint: disable=broad-except  # any unreadable file or metadata
+    except Exception as e:  # any unreadable file or metadata
       reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
       if strict:
         raise UnreadableCheckpointError(
@@ -224,7 +224,7 @@ class PreemptionWatcher:
     if not self._multi and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+  def _handle(self, signum, frame):  # the signal module's handler signature
     logging.warning("SIGTERM received: saving a checkpoint at the current step, then exiting")
     self._flag.set()
 

@@ -8,10 +8,9 @@ import os
 import ml_collections
 from etils import epath
 
-from cgdmer_jax.train import accumulate
 from cgdmer_jax import siglip
 from cgdmer_jax.models import bert_tower, cgdmer, layers, normalize
-from cgdmer_jax.train import workdir_config
+from cgdmer_jax.train import accumulate, workdir_config
 
 # The tables of accepted values belong to the modules that use them.
 NORMALIZE = normalize.METHODS
@@ -81,7 +80,7 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
            f"{m.batch_chunks} must be >= 1")
   for batch in (d.batch_size, d.eval_batch_size):
     try:
-      accumulate.check(config, batch)
+      accumulate.check_batch_size(config, batch)
     except ValueError as e:
       raise ConfigError(f"config: {e}") from None
   _require(d.eval_batch_size > 0,

@@ -28,21 +28,22 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from cgdmer_jax.train import accumulate
-from cgdmer_jax.train import balance
-from cgdmer_jax.train import checkpointing
-from cgdmer_jax.train import checks
-from cgdmer_jax.train import diagnostics
-from cgdmer_jax import losses
+from cgdmer_jax import losses, objective
+from cgdmer_jax.train import (
+  accumulate,
+  balance,
+  checkpointing,
+  checks,
+  diagnostics,
+  optim,
+  prefetch,
+  pretrained_text,
+  sharding,
+  val_loss,
+  workdir_config,
+  workdir_lock,
+)
 from cgdmer_jax.train import metrics as metrics_lib
-from cgdmer_jax import objective
-from cgdmer_jax.train import optim
-from cgdmer_jax.train import prefetch
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import pretrained_text
-from cgdmer_jax.train import val_loss
-from cgdmer_jax.train import workdir_config
-from cgdmer_jax.train import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -130,10 +131,10 @@ def make_train_step(graphdef, config, tx: optax.GradientTransformation,
   """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}
   (and `balance`, the terms' gradient-norm averages, with `loss.balance` on).
 
-  Loss and gradients come from `accumulate.loss_and_grads_fn` (the whole batch at once, or
+  Loss and gradients come from `accumulate.make_loss_and_grads_fn` (the whole batch at once, or
   exactly accumulated over `model.batch_chunks * optim.grad_accum_steps` chunks).
   """
-  loss_and_grads = accumulate.loss_and_grads_fn(graphdef, config)
+  loss_and_grads = accumulate.make_loss_and_grads_fn(graphdef, config)
   base_key = jax.random.key(config.seed)
 
   def train_step(state, batch):

@@ -2,6 +2,9 @@
 
 Every process calls the same methods (habit 5: every process runs the same program); only
 process 0 writes anything. `metrics.jsonl` holds one JSON object per logged step.
+
+TensorFlow (the TensorBoard writer) is imported only when TensorBoard files are written: the
+step benchmark and the GPU check import the trainer without it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class MetricWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
     if tensorboard:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      import tensorflow as tf
       tf.config.set_visible_devices([], "GPU")
       self._tf = tf
       self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))

@@ -46,7 +46,7 @@ def device_batches(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sha
         if not put(sharding.global_batch(local, mesh)):
           return
       put(done)
-    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
+    except BaseException as e:  # re-raised in the consumer
       put(e)
 
   thread = threading.Thread(target=produce, name="device_prefetch", daemon=True)

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from cgdmer_jax.models import bert, bert_checkpoint, bert_tower
+from data_pipelines import wordpiece
 
 
 def resolve(config: ml_collections.ConfigDict) -> None:
@@ -32,7 +33,6 @@ def resolve(config: ml_collections.ConfigDict) -> None:
   with config.unlocked():
     t.kind = "bert"
     if t.init_from:
-      from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top
       cfg = bert_checkpoint.read_config(t.init_from)
       _, mlm, _ = bert_checkpoint.check_weights(bert_checkpoint.read_weights(t.init_from), cfg,
                                                 source=t.init_from)

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
 # Parameters smaller than this stay replicated under fsdp: sharding them saves little

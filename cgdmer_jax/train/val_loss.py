@@ -3,6 +3,9 @@
 `make_eval_step` fixes the masking key so every eval sees the same masks; `evaluate_loss`
 weights each batch's means by its valid rows. `params_digest` is what every process logs at
 the end of a run (replicas that diverged print different digests).
+
+The reader (TensorFlow) is imported where a split is read: the step benchmark and the GPU
+check import this module through the loop and run without TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgdmer_jax.train import accumulate
-from cgdmer_jax.train import sharding
+from cgdmer_jax.train import accumulate, sharding
 
 
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
-  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.data import reader
   return reader.eval_batches(config.data.dir, split=split,
                              global_batch_size=config.data.eval_batch_size,
                              on_corrupt=config.data.on_corrupt)
@@ -33,7 +35,7 @@ def make_eval_step(graphdef, config) -> Callable:
   """
   # A fixed masking key for every eval, distinct from the training stream (steps >= 0).
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  loss_fn = accumulate.loss_fn(graphdef, config)
+  loss_fn = accumulate.make_loss_fn(graphdef, config)
 
   def eval_step(params, batch):
     loss, mets = loss_fn(params, batch, key)
