@@ -115,3 +115,16 @@ def test_ecg_only_rows_give_no_report_or_contrastive_term(ptbxl_tfrecords, ecg_o
   assert float(after["loss/text"]) == pytest.approx(float(base["loss/text"]), rel=1e-6)
   # ... but they do feed the masked-ECG term.
   assert abs(float(after["loss/ecg"]) - float(base["loss/ecg"])) > 1e-4
+
+
+def test_draw_counts_match_the_drawn_stream():
+  # `draws_before` (what a resume computes) counts exactly the draws the stream makes.
+  w = np.asarray([3.0, 1.0, 0.5])
+  drawn = np.fromiter(mixture._choices(w, 9, 0).take(3 * mixture.DRAW_BLOCK + 17)
+                      .as_numpy_iterator(), np.int64)
+  for p in (0, 5, mixture.DRAW_BLOCK, 2 * mixture.DRAW_BLOCK + 3, len(drawn)):
+    np.testing.assert_array_equal(mixture.draws_before(w, 9, p),
+                                  np.bincount(drawn[:p], minlength=3))
+  resumed = np.fromiter(mixture._choices(w, 9, 5000).take(100).as_numpy_iterator(), np.int64)
+  np.testing.assert_array_equal(resumed, drawn[5000:5100])
+  assert abs(np.mean(drawn == 0) - 3.0 / 4.5) < 0.02

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from cgdmer_jax.data import features
 from cgdmer_jax.data import reader
+from cgdmer_jax.data import stream
 from data_pipelines import signal
 from data_pipelines import write
 
@@ -90,6 +91,46 @@ def test_start_step_resumes_exactly(data, start):
   for x, y in zip(straight[start:], resumed):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
+
+
+@pytest.mark.parametrize("start", [5, 13, 26])  # 26: past the first epoch (12 batches of 8)
+def test_start_step_resumes_exactly_across_groups(data, start):
+  # One file per group: every epoch is four groups, so resuming lands inside a group.
+  kw = dict(global_batch_size=8, seed=5, process_index=0, process_count=1, shuffle_buffer=32,
+            cycle_length=1, with_record_id=True)
+  straight = _take(reader.train_batches(data, **kw), start + 3)
+  resumed = _take(reader.train_batches(data, start_step=start, **kw), 3)
+  for x, y in zip(straight[start:], resumed):
+    np.testing.assert_array_equal(x["record_id"], y["record_id"])
+    np.testing.assert_array_equal(x["ecg"], y["ecg"])
+
+
+def test_a_large_step_resumes_without_reading_what_came_before(data):
+  # Step 100 000 at global batch 256 is record 25.6 M of the stream: the position is found
+  # from the shard lengths, and only its group's earlier records are read before it.
+  info = reader.load_info(data)
+  lengths = info.shard_lengths["train"]
+  pos = stream.locate(lengths, seed=2, cycle_length=2, record=100_000 * 256)
+  assert pos.offset < sum(sorted(lengths)[-2:])  # within one group of two shards
+  assert pos.epoch == 100_000 * 256 // sum(lengths)
+  # The stream resumed at step k equals the one resumed at k - 3 and read three steps on.
+  kw = dict(global_batch_size=256, seed=2, process_index=0, process_count=1, shuffle_buffer=64,
+            cycle_length=2, with_record_id=True)
+  earlier = _take(reader.train_batches(data, start_step=99_997, **kw), 4)
+  resumed = _take(reader.train_batches(data, start_step=100_000, **kw), 1)
+  np.testing.assert_array_equal(earlier[3]["record_id"], resumed[0]["record_id"])
+  np.testing.assert_array_equal(earlier[3]["ecg"], resumed[0]["ecg"])
+
+
+def test_locate_walks_groups_in_the_epoch_order():
+  lengths = [5, 7, 3, 9, 4]
+  seen = [stream.locate(lengths, seed=1, cycle_length=2, record=r) for r in range(2 * 28)]
+  # Offsets count up within a group and restart at 0 in the next; groups never go back.
+  for a, b in zip(seen, seen[1:]):
+    assert (b.group, b.offset) in ((a.group, a.offset + 1), (a.group + 1, 0))
+  assert seen[28].epoch == 1 and seen[28].group == 3 and seen[28].offset == 0
+  with pytest.raises(ValueError, match="no record"):
+    stream.locate([0, 0], seed=1, cycle_length=2, record=0)
 
 
 @pytest.mark.parametrize("count", [2, 3, 4])

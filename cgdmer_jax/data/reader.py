@@ -20,16 +20,14 @@ B is the LOCAL batch: global_batch_size // process_count.
 
 **Training stream determinism.** `train_batches` is a pure function of (shard files, seed,
 process index, process count, shuffle_buffer, cycle_length): each process takes the files
-`files[index::count]`; epoch e visits them in the order of a stateless shuffle seeded by
-(seed, e); `cycle_length` files are interleaved one record at a time, deterministically; the
-records pass a seeded shuffle buffer; batches drop the remainder. `start_step=k` skips the
-first k * local_batch serialized records before parsing, so the stream equals the straight
-stream from batch k on. The skipped records are still read from disk and pass the shuffle
-buffer (that is what makes the resumption exact), so resuming costs reading k * B records
-without decoding them: measured ~25-40k records/s at 100 Hz and ~6k/s at 500 Hz on one
-(shared) core, e.g. about 2 minutes to resume at step 100k with batch 32 at 100 Hz
-(`data_pipelines.throughput` prints the rate). Calling `tf.random.set_seed` in the same
-process changes the stream (TensorFlow combines the global seed with the op seed): the
+`files[index::count]` and reads the stream of `data/stream.py` (epoch e visits them in the
+order of a stateless shuffle seeded by (seed, e), `cycle_length` files at a time, interleaved
+one record at a time through a seeded shuffle buffer); batches drop the remainder.
+`start_step=k` starts that stream at record k * local_batch: only the records of the group of
+`cycle_length` shards holding that record are read before it, so resuming costs the same at
+step 100 000 as at step 10 (`data_pipelines.throughput --resume_steps` prints the times), and
+the stream equals the straight stream from batch k on. Calling `tf.random.set_seed` in the
+same process changes the stream (TensorFlow combines the global seed with the op seed): the
 trainer must not.
 
 **Damaged shards** (`on_corrupt`). 'error' (default): a record failing its CRC stops the
@@ -56,6 +54,7 @@ import tensorflow as tf
 
 from cgdmer_jax.data import features
 from cgdmer_jax.data import shard_scan
+from cgdmer_jax.data import stream
 
 try:  # Hide GPUs from TensorFlow: it must never take accelerator memory from JAX.
   tf.config.set_visible_devices([], "GPU")
@@ -238,37 +237,6 @@ def local_train_files(info: DatasetInfo, split: str, index: int, count: int) -> 
   return tuple(files[index::count])
 
 
-def serialized_stream(files: tuple[str, ...] | list[str], *, seed: int, shuffle_buffer: int,
-                      cycle_length: int, records=tf.data.TFRecordDataset) -> tf.data.Dataset:
-  """Endless shuffled serialized records of `files` (one process's files; see the module doc).
-
-  Epoch e visits the files in the order of a stateless shuffle seeded by (seed, e);
-  `cycle_length` files are interleaved one record at a time; a seeded shuffle buffer follows.
-
-  Args:
-    files: shard paths of this process.
-    seed: shuffling seed.
-    shuffle_buffer: records in the shuffle buffer.
-    cycle_length: files read at once.
-    records: file path -> dataset of its serialized records (`shard_scan.records_fn`).
-
-  Returns:
-    A `tf.data.Dataset` of serialized examples (not parsed: skipping them is cheap).
-  """
-  local_files = tf.constant(list(files))
-  seed_t = tf.constant(seed, tf.int64)
-
-  def epoch_files(epoch):
-    order = tf.random.experimental.stateless_shuffle(local_files, seed=tf.stack([seed_t, epoch]))
-    return tf.data.Dataset.from_tensor_slices(order)
-
-  ds = tf.data.Dataset.counter().flat_map(epoch_files)
-  ds = ds.interleave(records,
-                     cycle_length=min(cycle_length, len(files)), block_length=1,
-                     num_parallel_calls=_AUTOTUNE, deterministic=True)
-  return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-
-
 def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
                   global_batch_size: int, seed: int, start_step: int = 0,
                   shuffle_buffer: int = 10_000, process_index: int | None = None,
@@ -309,10 +277,9 @@ def train_batches(data_dir: str | os.PathLike, *, split: str = "train",
   files, lengths = _split_info(info, split)
   records = shard_scan.records_fn(on_corrupt, damage_log, files, lengths)
   local_files = local_train_files(info, split, index, count)
-  ds = serialized_stream(local_files, seed=seed, shuffle_buffer=shuffle_buffer,
-                         cycle_length=cycle_length, records=records)
-  if start_step:
-    ds = ds.skip(start_step * local_batch)
+  ds = stream.serialized(local_files, lengths[index::count], seed=seed,
+                         shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
+                         records=records, start_record=start_step * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.map(_parser(info, with_record_id), num_parallel_calls=_AUTOTUNE, deterministic=True)
   ds = ds.prefetch(_AUTOTUNE).with_options(_options())
