@@ -6,19 +6,22 @@
 Multi-process (TPU slices, multi-node GPU): every process runs this same command;
 `jax.distributed.initialize()` is called first (its arguments come from the environment on
 Cloud TPU and SLURM, or from --coordinator_address/--num_processes/--process_id).
-Exit status: 0 on success or after a clean preemption save, 1 on an error (message printed).
+Exit status (cgdmer_jax/cli.py): 0 when the run reached config.total_steps; 75 when it stopped
+earlier with a checkpoint (SIGTERM, config.steps_per_run): rerun the same command to continue;
+2 on a usage error (a bad flag or config value, a missing data folder); 1 on another error.
+One `error:` line says what happened.
 """
 
 from __future__ import annotations
 
 import logging as logging_std
 import os
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from cgdmer_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py:size=tiny; override any field with "
@@ -74,18 +77,26 @@ def main(argv) -> int:
 
   from cgdmer_jax.data import shard_scan
   from cgdmer_jax.evaluators import val_zero_shot
-  from cgdmer_jax.train import checkpointing, checks, loop, workdir_lock
+  from cgdmer_jax.train import checkpointing
+  from cgdmer_jax.train import checks
+  from cgdmer_jax.train import loop
+  from cgdmer_jax.train import workdir_lock
+  config = _CONFIG.value
   try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                            make_scorer=val_zero_shot.scorer_factory(_CONFIG.value))
-  except (checks.ConfigError, loop.NonFiniteLossError, FileNotFoundError,
-          workdir_lock.WorkdirInUseError, shard_scan.DamagedShardError,
-          checkpointing.UnreadableCheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+    out = loop.train_and_evaluate(config, _WORKDIR.value,
+                                  make_scorer=val_zero_shot.scorer_factory(config))
+  except (checks.ConfigError, FileNotFoundError) as e:
+    return cli.fail(str(e), cli.USAGE)
+  except (loop.NonFiniteLossError, workdir_lock.WorkdirInUseError,
+          shard_scan.DamagedShardError, checkpointing.UnreadableCheckpointError) as e:
+    return cli.fail(str(e))
+  if out["step"] < config.total_steps:
+    logging.warning("stopped at step %d of %d: rerun the same command to continue (exit %d)",
+                    out["step"], config.total_steps, cli.RESUBMIT)
+    return cli.RESUBMIT
+  return cli.OK
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, config_flag="config")

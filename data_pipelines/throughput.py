@@ -2,6 +2,8 @@ r"""Converter and reader throughput on a PTB-XL folder, next to a plain wfdb loo
 
 Usage:
   python -m data_pipelines.throughput --input=../shared/data/ptbxl [--workers=N] [--fs=100]
+  python -m data_pipelines.throughput --data_dir=DATA/ptbxl100 --batch=256 \
+      --resume_steps=0,10000,100000          # resumption only, on a converted dataset
 
 Prints (one machine, one run):
 * plain loop: `wfdb.rdsamp` + `np.save` over every record of ptbxl_database.csv, in a fresh
@@ -14,8 +16,9 @@ Prints (one machine, one run):
   state (records / the workers' summed time on shards x workers: each worker's one-time
   start-up, mostly importing TensorFlow, excluded; what a MIMIC-scale run sees): records/s,
   per core, and the per-core ratio to the plain loop;
-* the reader: `train_batches` examples/s (batch 32) and the rate at which `start_step`
-  skips records.
+* the reader: `train_batches` examples/s (batch 32) and, for each of --resume_steps, the
+  seconds from `train_batches(start_step=k)` to its first batch: what a resumed run waits for
+  its input (flat in k: data/stream.py reads at most one group of shards before the step).
 
 A first line says how many of the N cores a CPU-bound job really gets at that moment (on a
 shared machine the N-worker numbers are only comparable when it is close to N).
@@ -24,6 +27,7 @@ shared machine the N-worker numbers are only comparable when it is close to N).
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -31,10 +35,21 @@ import tempfile
 import textwrap
 import time
 
-from absl import app
 from absl import flags
 
+from cgdmer_jax import cli
+from data_pipelines import signal
+from data_pipelines import write
+
+# The reader (TensorFlow) is imported inside the functions that read: this process forks (the
+# CPU check's pool, the converter's workers), which is unsafe once TensorFlow is loaded
+# (`write._start_method`).
+
 _INPUT = flags.DEFINE_string("input", None, "A PTB-XL folder (ptbxl_database.csv).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "A converted dataset: time only the reader's "
+                                "resumption (--resume_steps) on it.")
+_RESUME_STEPS = flags.DEFINE_list("resume_steps", ["0", "10000", "100000"],
+                                  "Steps at which the reader's resumption is timed.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Converter processes; 0: all cores.")
 _FS = flags.DEFINE_integer("fs", 100, "Target rate of the converter (Hz).")
 _BATCH = flags.DEFINE_integer("batch", 32, "Reader batch size.")
@@ -68,7 +83,6 @@ def _spin(_) -> float:
 
 def effective_cores(n: int) -> float:
   """How many of n processes really run at once (n for an idle machine, less when shared)."""
-  import multiprocessing  # pylint: disable=g-import-not-at-top
   one = _spin(0)
   with multiprocessing.get_context("fork").Pool(n) as pool:
     start = time.perf_counter()
@@ -90,7 +104,6 @@ def plain_loop(root: str, shim: bool) -> tuple[int, float]:
 def convert(root: str, out: str, workers: int, fs: int) -> tuple[int, float, float, float]:
   """(records written, seconds of the whole run, of the conversion stage, and of the conversion
   stage's steady state: the workers' summed time on shards / workers, start-up excluded)."""
-  from data_pipelines import signal, write  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   summary = write.build(write.BuildConfig(source="ptbxl", input=root, output=out,
                                           signal=signal.Config(fs=fs), workers=workers,
@@ -100,26 +113,44 @@ def convert(root: str, out: str, workers: int, fs: int) -> tuple[int, float, flo
           summary.stage_seconds["workers busy (sum)"] / workers)
 
 
-def read(out: str, batch: int, batches: int) -> tuple[float, float]:
-  """(examples/s of train_batches, records/s skipped by start_step)."""
-  from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+def resume_seconds(data_dir: str, batch: int, step: int) -> float:
+  """Seconds from `train_batches(start_step=step)` to its first batch (one process)."""
+  from cgdmer_jax.data import reader
+  start = time.perf_counter()
+  next(reader.train_batches(data_dir, global_batch_size=batch, seed=0, process_index=0,
+                            process_count=1, start_step=step))
+  return time.perf_counter() - start
+
+
+def print_resume(data_dir: str, batch: int, steps: list[int]) -> None:
+  resume_seconds(data_dir, batch, 0)  # TensorFlow's one-time start-up is not resumption
+  for step in steps:
+    sec = resume_seconds(data_dir, batch, step)
+    print(f"reader resume at step {step:>7} (batch {batch}, record {step * batch:>11}): "
+          f"{sec:6.2f} s to the first batch", flush=True)
+
+
+def read(out: str, batch: int, batches: int) -> float:
+  """Examples/s of train_batches."""
+  from cgdmer_jax.data import reader
   it = reader.train_batches(out, global_batch_size=batch, seed=0, process_index=0,
                             process_count=1)
   next(it)  # pipeline start-up and the first shuffle-buffer fill are not throughput
   start = time.perf_counter()
   for _ in itertools.islice(it, batches):
     pass
-  rate = batches * batch / (time.perf_counter() - start)
-  skip_steps = 2000
-  start = time.perf_counter()
-  next(reader.train_batches(out, global_batch_size=batch, seed=0, process_index=0,
-                            process_count=1, start_step=skip_steps))
-  skip_rate = skip_steps * batch / (time.perf_counter() - start)
-  return rate, skip_rate
+  return batches * batch / (time.perf_counter() - start)
 
 
 def main(argv):
   del argv
+  steps = [int(s) for s in _RESUME_STEPS.value]
+  if _DATA_DIR.value:
+    print_resume(_DATA_DIR.value, _BATCH.value, steps)
+    return cli.OK
+  if not _INPUT.value:
+    raise cli.UsageError("pass --input=PTBXL_FOLDER (the whole benchmark) or "
+                         "--data_dir=CONVERTED_DATASET (resumption only)")
   root = os.path.abspath(_INPUT.value)
   workers = _WORKERS.value or len(os.sched_getaffinity(0))
   print(f"machine: {len(os.sched_getaffinity(0))} cores available, {effective_cores(workers):.1f} "
@@ -140,12 +171,11 @@ def main(argv):
         print(f"converter, {w} worker(s), {what + ':':<18}{rate:8.0f} records/s ({n} in "
               f"{t:.1f} s); per core {rate / w:.0f}/s = {rate / w / base:.2f}x the plain "
               "loop per core")
-    rate, skip = read(out, _BATCH.value, _READ_BATCHES.value)
+    rate = read(out, _BATCH.value, _READ_BATCHES.value)
     print(f"reader train_batches (batch {_BATCH.value}, fs={_FS.value}):   {rate:8.0f} "
           f"examples/s = {rate / _BATCH.value:.0f} batches/s")
-    print(f"reader start_step skipping:                  {skip:8.0f} records/s")
+    print_resume(out, _BATCH.value, steps)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("input")
-  app.run(main)
+  cli.run(main)

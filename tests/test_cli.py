@@ -1,10 +1,15 @@
-"""Every command of the README answers `--help` with its own flags (one process each, in
+"""One command-line convention (cgdmer_jax/cli.py): `--help` exits 0 with the command's flags,
+a usage error exits 2 with one `error:` line naming the fix (one process per command, run in
 parallel)."""
 
 import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
+
+from cgdmer_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,21 +21,70 @@ COMMANDS = {
     "cgdmer_jax.embed": ("--model", "--input"),
     "cgdmer_jax.benchmark": ("--devices", "--ablation"),
     "cgdmer_jax.perf.gpu_check": ("--out_dir", "--dry_run", "--peer_dir"),
+    "cgdmer_jax.perf.stmem_compare": ("--size", "--rounds"),
     "cgdmer_jax.quickstart": ("--workdir", "--steps"),
     "data_pipelines.build": ("--source", "--output"),
+    "data_pipelines.verify": ("--data_dir",),
+    "data_pipelines.throughput": ("--input", "--resume_steps"),
 }
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
 
 
-def test_every_command_answers_help():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-  procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=REPO, env=env,
+def _run_all(args_of):
+  procs = {m: subprocess.Popen([sys.executable, "-m", m, *args_of(m)], cwd=REPO, env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for m in COMMANDS}
+  out = {}
+  for m, p in procs.items():
+    stdout, stderr = p.communicate(timeout=300)
+    out[m] = (p.returncode, stdout, stderr)
+  return out
+
+
+def _error_lines(err: str) -> list[str]:
+  return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_every_command_answers_help_with_status_0():
   failures = []
-  for module, proc in procs.items():
-    out, err = proc.communicate(timeout=300)
+  for module, (status, out, err) in _run_all(lambda m: ["--help"]).items():
     missing = [f for f in COMMANDS[module] if f not in out]
-    # absl's --help exits with status 1 after printing; a crash shows a traceback.
-    if proc.returncode not in (0, 1) or missing or "Traceback" in err:
-      failures.append(f"{module}: status {proc.returncode}, missing {missing}\n{err[-2000:]}")
+    if status != cli.OK or missing or "Traceback" in err:
+      failures.append(f"{module}: status {status}, missing {missing}\n{err[-2000:]}")
   assert not failures, "\n".join(failures)
+
+
+def test_every_command_exits_2_on_a_usage_error_with_one_line():
+  failures = []
+  for module, (status, _, err) in _run_all(lambda m: ["--no_such_flag=1"]).items():
+    lines = _error_lines(err)
+    if status != cli.USAGE or len(lines) != 1 or "no_such_flag" not in lines[0] or (
+        "Traceback" in err):
+      failures.append(f"{module}: status {status}, error lines {lines}\n{err[-1500:]}")
+  assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--config=configs/pretrain.py:size=tiny", "--config.optim.learning_rate=3e-4"],
+     "no key 'optim.learning_rate'; keys under optim: optim.b1"),
+    (["--config=configs/pretrain.py", "--config.optimm.lr=3"], "did you mean optim.lr"),
+    (["--config=configs/nope.py"], "no config file 'configs/nope.py'"),
+    (["--config=configs/pretrain.py:size=huge"], "unknown size 'huge'"),
+    (["--config=configs/pretrain.py", "--config.data.dir=/no/such/folder"],
+     "/no/such/folder is not a converted dataset"),
+])
+def test_training_usage_errors_name_the_fix(tmp_path, args, expect):
+  res = subprocess.run([sys.executable, "-m", "cgdmer_jax.main", f"--workdir={tmp_path}/w",
+                        *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  lines = _error_lines(res.stderr)
+  assert res.returncode == cli.USAGE, res.stderr[-2000:]
+  assert len(lines) == 1 and expect in lines[0], lines
+  assert "Traceback" not in res.stderr
+
+
+def test_close_matches_for_a_misspelt_key():
+  with pytest.raises(cli.UsageError, match="did you mean optim.warmup_steps"):
+    cli.check_config_flags(["prog", "--config=configs/pretrain.py",
+                            "--config.optim.warmup_step=3"])
+  cli.check_config_flags(["prog", "--config=configs/pretrain.py:size=tiny",
+                          "--config.loss.ramp_steps.disentangle=20"])  # nested keys are known

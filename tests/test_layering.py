@@ -17,7 +17,8 @@ PACKAGES = ("cgdmer_jax", "data_pipelines", "configs")
 # Bottom up. A module belongs to the layer of its longest matching prefix; it may import its
 # own layer and the layers below, never above.
 LAYERS = (
-    ("schema", ("cgdmer_jax.data.features", "cgdmer_jax.overrides", "data_pipelines.errors")),
+    ("schema", ("cgdmer_jax.data.features", "cgdmer_jax.overrides", "cgdmer_jax.progress",
+                "data_pipelines.errors")),
     ("step", ("cgdmer_jax.models", "cgdmer_jax.masking", "cgdmer_jax.losses",
               "cgdmer_jax.siglip", "cgdmer_jax.objective")),
     ("input", ("cgdmer_jax.data", "data_pipelines")),

@@ -10,17 +10,19 @@ import jax
 import numpy as np
 import pytest
 
-from cgdmer_jax.train import checkpointing
-from cgdmer_jax.train import accumulate
-from cgdmer_jax.train import checks
 from cgdmer_jax import overrides as overrides_lib
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import loop
-from cgdmer_jax.train import val_loss
+from cgdmer_jax.data import reader
 from cgdmer_jax.evaluators import val_zero_shot
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import checkpointing
+from cgdmer_jax.train import checks
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import val_loss
 from configs import pretrain
+from data_pipelines import signal
+from data_pipelines import write
 from tests import conftest
-
 
 # The small-run settings of these tests, as `--config.<key>` overrides.
 TINY = {"data.batch_size": 16, "data.eval_batch_size": 16, "data.shuffle_buffer": 64,
@@ -41,7 +43,6 @@ def read_metrics(workdir):
 
 
 def params_of(workdir, config):
-  from cgdmer_jax.data import reader
   loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   mesh = sharding.make_mesh(config)
   s = loop.setup(config, mesh)
@@ -68,7 +69,6 @@ def test_bad_config_fails_before_compiling(tmp_path, ptbxl_tfrecords):
 def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   """A run made with other model settings (here: before a default changed) is not resumed
   into a mismatching parameter tree: the differing keys are named and config.json is kept."""
-  from cgdmer_jax.data import reader
   old = tiny_config(ptbxl_tfrecords, **{"model.patch_norm": False, "model.patch_stats": False})
   loop.apply_dataset_info(old, reader.load_info(old.data.dir))
   saved = json.loads(old.to_json_best_effort())
@@ -131,9 +131,13 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
     assert np.isfinite(out[f"val/ecg_mse/{kind}"]) and out[f"val/ecg_mse/{kind}"] > 0, kind
   # Zero-shot model selection on the val split kept the best parameters.
   assert 0.0 <= out["val/zero_shot_auc"] <= 1.0
-  best = json.loads((workdir / "best" / "meta.json").read_text())
-  assert best["step"] == 40 and best["score"] == pytest.approx(out["val/zero_shot_auc"])
-  assert (workdir / "best" / "params").is_dir()
+  # Orbax keeps one step under best/ (its best_fn on the score), with params and meta.
+  (kept,) = [p for p in (workdir / "best").iterdir() if p.name.isdigit()]
+  best = json.loads((kept / "meta" / "metadata").read_text())
+  assert best["step"] == 40 == int(kept.name)
+  assert best["score"] == pytest.approx(out["val/zero_shot_auc"])
+  assert (kept / "params").is_dir()
+  assert checkpointing.resolve_step_dir(workdir / "best") == kept
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [20, 40]
   assert (workdir / "config.json").exists()
@@ -141,7 +145,6 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
 
 
 def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
-  from cgdmer_jax.data import reader
   config = tiny_config(ptbxl_tfrecords)
   loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   local = next(reader.train_batches(config.data.dir, global_batch_size=16, seed=0))
@@ -193,7 +196,10 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
                         "--config=configs/pretrain.py:size=tiny", f"--workdir={there}", *flags],
                        cwd=conftest.REPO, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  losses = lambda w: [(r["step"], r["loss"]) for r in read_metrics(w) if "loss" in r]
+
+  def losses(w):
+    return [(r["step"], r["loss"]) for r in read_metrics(w) if "loss" in r]
+
   assert [step for step, _ in losses(here)] == [5, 10, 12]
   assert losses(here) == losses(there)
   pa, meta_a = params_of(here, tiny_config(ptbxl_tfrecords))
@@ -230,8 +236,6 @@ def test_eval_batch_size_checked_before_training(tmp_path, ptbxl_tfrecords):
 def test_dataset_without_reports_names_the_variants_that_work(tmp_path):
   """CPSC2018 has no reports (vocab 0): the full model stops before compiling, naming
   the variants that train on ECGs alone; those pass the check."""
-  from data_pipelines import signal
-  from data_pipelines import write
   data = tmp_path / "cpsc"
   write.build(write.BuildConfig(source="cinc", input=str(conftest.EMBEDDED / "cpsc2018" / "wfdb"),
                                 output=str(data), signal=signal.Config(fs=100), workers=1,
@@ -247,7 +251,6 @@ def test_dataset_without_reports_names_the_variants_that_work(tmp_path):
 
 def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
   """A padded last batch counts by its valid rows, not as much as a full batch."""
-  from cgdmer_jax.data import reader
   config = tiny_config(ptbxl_tfrecords, **{"data.eval_batch_size": 16})
   loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   mesh = sharding.make_mesh(config)
@@ -261,6 +264,6 @@ def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
       losses.append(float(eval_step(params, sharding.global_batch(local, mesh))["loss"]))
       rows.append(int(local["mask"].sum()))
   assert len(set(rows)) > 1, rows  # a padded last batch, or the test shows nothing
-  want = sum(l * n for l, n in zip(losses, rows)) / sum(rows)
+  want = sum(loss * n for loss, n in zip(losses, rows)) / sum(rows)
   assert abs(want - float(np.mean(losses))) > 1e-4, (losses, rows)
   assert got == pytest.approx(want, rel=1e-5)

@@ -20,14 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cgdmer_jax.data import shard_scan
 from cgdmer_jax.train import checkpointing
 from cgdmer_jax.train import loop
 from cgdmer_jax.train import workdir_lock
-from cgdmer_jax.data import shard_scan
 from configs import pretrain
 from tests import conftest
 from tests.test_reader_faults import damage
-from tests.test_train import params_of, read_metrics, tiny_config
+from tests.test_train import params_of
+from tests.test_train import read_metrics
+from tests.test_train import tiny_config
 
 
 def _steps(workdir, folder="checkpoints"):
@@ -100,7 +102,7 @@ def test_second_trainer_refused_and_stale_locks_taken_over(ptbxl_tfrecords, tmp_
     held.release()
   # A trainer killed with SIGKILL leaves its lock behind; its pid is gone.
   killed = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from cgdmer_jax import workdir_lock; "
+      [sys.executable, "-c", "import sys, time; from cgdmer_jax.train import workdir_lock; "
        "workdir_lock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)",
        str(workdir)], cwd=conftest.REPO, stdout=subprocess.PIPE, text=True)
   assert killed.stdout.readline().strip() == "held"

@@ -24,6 +24,11 @@ a 10 s, 500 Hz, 12-lead ECG is 120 kB, so MIMIC-IV-ECG (800k records) is about 9
 
 from __future__ import annotations
 
+import numpy as np
+
+# TensorFlow Datasets is imported inside `tfds_features` only: the configs, the model code, the
+# step benchmark and the GPU check import this module in processes without TensorFlow.
+
 # Canonical lead order; every stored ECG is in this order.
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 NUM_LEADS = len(LEADS)
@@ -68,8 +73,7 @@ def tfds_features(num_samples: int, max_report_len: int):
   Returns:
     A `tfds.features.FeaturesDict`.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   f = tfds.features
   return f.FeaturesDict({

@@ -27,11 +27,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import pathlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 from cgdmer_jax.data import reader
 from cgdmer_jax.data import shard_scan
@@ -89,7 +90,7 @@ def tokenizer_digest(info: reader.DatasetInfo) -> str | None:
   """sha256 of a dataset's tokenizer file, or None when it has no reports."""
   if not info.tokenizer_path:
     return None
-  return hashlib.sha256(pathlib.Path(info.tokenizer_path).read_bytes()).hexdigest()
+  return hashlib.sha256(epath.Path(info.tokenizer_path).read_bytes()).hexdigest()
 
 
 def check(infos: Sequence[reader.DatasetInfo], split: str) -> None:
@@ -193,8 +194,8 @@ def train_batches(sources: Sequence[Source], *, split: str = "train", global_bat
   """
   infos = [reader.load_info(s.data_dir) for s in sources]
   check(infos, split)
-  index, count = reader._process(process_index, process_count)  # pylint: disable=protected-access
-  local_batch = reader._local_batch(global_batch_size, count)  # pylint: disable=protected-access
+  index, count = reader._process(process_index, process_count)
+  local_batch = reader._local_batch(global_batch_size, count)
   if start_step < 0:
     raise ValueError("start_step must be >= 0")
   w = weights(sources, infos, split)
@@ -212,14 +213,14 @@ def train_batches(sources: Sequence[Source], *, split: str = "train", global_bat
   ds = tf.data.Dataset.choose_from_datasets(streams, _choices(w, seed, start),
                                             stop_on_empty_dataset=False)
   ds = ds.batch(local_batch, drop_remainder=True)
-  parse = reader._parser(infos[0], with_record_id)  # pylint: disable=protected-access
+  parse = reader._parser(infos[0], with_record_id)
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(reader._options())  # pylint: disable=protected-access
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(reader._options())
   all_local = [f for fs in local for f in fs]
   where = ",".join(s.data_dir for s in sources)
   for batch in shard_scan.named_errors(ds.as_numpy_iterator(), where, all_local):
     if with_record_id:
-      batch["record_id"] = reader._strings(batch["record_id"])  # pylint: disable=protected-access
+      batch["record_id"] = reader._strings(batch["record_id"])
     yield batch
 
 

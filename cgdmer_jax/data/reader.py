@@ -46,11 +46,14 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from collections.abc import Mapping
 
+import jax
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
 
 from cgdmer_jax.data import features
 from cgdmer_jax.data import shard_scan
@@ -106,8 +109,7 @@ def load_info(data_dir: str | os.PathLike) -> DatasetInfo:
   Raises:
     FileNotFoundError: the folder is not a finished converted dataset.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(data_dir)
+  path = epath.Path(data_dir)  # local or object storage (gs://) alike
   build_file = path / features.BUILD_INFO_FILE
   if not build_file.is_file() or not (path / "dataset_info.json").is_file():
     raise FileNotFoundError(
@@ -129,7 +131,6 @@ def load_info(data_dir: str | os.PathLike) -> DatasetInfo:
 
 def _process(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:

@@ -29,14 +29,16 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
+from absl import logging
+
 # The class behind tensorflow.python.lib.io.tf_record.tf_record_random_reader, which tf.*
 # does not export (TensorFlow is pinned in setup.cfg; tests/test_reader_faults.py uses it).
-from tensorflow.python.lib.io import _pywrap_record_io  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.lib.io import _pywrap_record_io
 
 # length (8) + length CRC (4) before the data, data CRC (4) after it.
 _HEADER = 12
@@ -189,6 +191,8 @@ def locate(paths, message: str) -> Damage | None:
   reason = message.split(" [Op:")[0].split("}}")[-1].strip()
   for path in paths:
     path = os.fspath(path)
+    if "://" in path:  # object storage: no local file to scan; the error names the stream
+      return None
     size = os.path.getsize(path)
     if size <= offset:
       continue

@@ -25,7 +25,8 @@ damaged record), not exactly: rebuild damaged shards for exact resumption.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

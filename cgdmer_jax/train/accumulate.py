@@ -16,14 +16,17 @@ calls it before anything compiles).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from cgdmer_jax import losses, masking, objective
+from cgdmer_jax import losses
+from cgdmer_jax import masking
+from cgdmer_jax import objective
 from cgdmer_jax.models import patching
 from cgdmer_jax.train import sharding
 

@@ -26,7 +26,8 @@ import json
 import os
 import signal
 import threading
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -129,14 +130,14 @@ def resolve_step_dir(path: str | os.PathLike) -> epath.Path:
     FileNotFoundError: if no complete checkpoint is found there.
   """
   path = _path(path)
-  if (path / "params").exists():
-    return path
-  for root in (path / "checkpoints", path):
+  for root in (path / "checkpoints", path):  # step folders first (best/<step>/ included)
     if root.exists():
       steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()
                      and (p / "params").exists())
       if steps:
         return root / str(steps[-1])
+  if (path / "params").exists():  # a step folder, an export, or best/ of an older run
+    return path
   raise FileNotFoundError(f"no checkpoint found at {path} (expected a workdir, its "
                           "checkpoints/ folder, a step folder or an export holding params/)")
 
@@ -240,29 +241,42 @@ class PreemptionWatcher:
 
 
 class BestKeeper:
-  """Keeps the parameters with the highest validation score in `<workdir>/best/`.
+  """Keeps the parameters with the highest validation score in `<workdir>/best/<step>/`.
 
-  `best/params` is a params-only checkpoint (like an export's), `best/meta.json` holds the
-  step and the score; the best score survives restarts. Every process calls `update` (the
-  save is collective); only process 0 writes the JSON.
+  Orbax's own selection (`CheckpointManagerOptions.best_fn`, one checkpoint kept): each step
+  folder holds `params` (a params-only checkpoint, like an export's) and `meta` (the step, the
+  metric and the score); the best score survives restarts. Every process calls `update` (the
+  save is collective). A workdir written before this layout (`best/params`, `best/meta.json`)
+  is read as it is until a better score replaces it.
   """
 
   def __init__(self, workdir: str | os.PathLike, metric: str):
     self.dir = _path(workdir) / "best"
     self.metric = metric
     self.best = float("-inf")
-    meta = self.dir / "meta.json"
-    if meta.exists():
-      self.best = float(json.loads(meta.read_text())["score"])
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
+        keep_checkpoints_without_metrics=False, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.dir, options=options,
+                                          item_names=("params", "meta"))
+    step = self._manager.best_step()
+    if step is not None:
+      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      self.best = float(meta["meta"]["score"])
+    elif (self.dir / "meta.json").exists():  # the layout before best/<step>/
+      self.best = float(json.loads((self.dir / "meta.json").read_text())["score"])
 
   def update(self, step: int, score: float, params: Any) -> bool:
     """Saves `params` if `score` beats the best so far; returns whether it did."""
     if not score > self.best:  # also False for nan
       return False
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(self.dir / "params", params, force=True)
-    if jax.process_index() == 0:
-      (self.dir / "meta.json").write_text(json.dumps(
-          {"step": int(step), "metric": self.metric, "score": float(score)}))
+    meta = {"step": int(step), "metric": self.metric, "score": float(score)}
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+        metrics={"score": float(score)}, force=True)
+    self._manager.wait_until_finished()
     self.best = float(score)
     return True
+
+  def close(self) -> None:
+    self._manager.close()

@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax import losses, masking
-from cgdmer_jax.train import accumulate, optim
+from cgdmer_jax import losses
+from cgdmer_jax import masking
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import optim
 
 # Parameter groups: the first path names that select them.
 GROUPS = {

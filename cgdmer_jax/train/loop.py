@@ -17,7 +17,10 @@ import functools
 import json
 import math
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any
+from typing import Callable
+from typing import Iterator
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -28,22 +31,21 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from cgdmer_jax import losses, objective
-from cgdmer_jax.train import (
-  accumulate,
-  balance,
-  checkpointing,
-  checks,
-  diagnostics,
-  optim,
-  prefetch,
-  pretrained_text,
-  sharding,
-  val_loss,
-  workdir_config,
-  workdir_lock,
-)
+from cgdmer_jax import losses
+from cgdmer_jax import objective
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import balance
+from cgdmer_jax.train import checkpointing
+from cgdmer_jax.train import checks
+from cgdmer_jax.train import diagnostics
 from cgdmer_jax.train import metrics as metrics_lib
+from cgdmer_jax.train import optim
+from cgdmer_jax.train import prefetch
+from cgdmer_jax.train import pretrained_text
+from cgdmer_jax.train import sharding
+from cgdmer_jax.train import val_loss
+from cgdmer_jax.train import workdir_config
+from cgdmer_jax.train import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,7 +111,8 @@ def apply_dataset_info(config: ml_collections.ConfigDict, info) -> None:
 
 
 def train_stream(config, start_step: int, damage_log=None) -> Iterator[dict[str, np.ndarray]]:
-  from cgdmer_jax.data import mixture, reader
+  from cgdmer_jax.data import mixture
+  from cgdmer_jax.data import reader
   if config.data.mix:
     return mixture.train_batches(
         mixture.sources_of(config), split=config.data.train_split,
@@ -211,6 +214,17 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 # The loop.
 
 
+def val_line(step: int, val: dict[str, float]) -> str:
+  """The console line of one validation: the val losses and, when set, the model selection."""
+  terms = " ".join(f"{k.removeprefix('val/loss/')} {v:.4f}" for k, v in sorted(val.items())
+                   if k.startswith("val/loss/"))
+  line = f"step {step}: val loss {val.get('val/loss', float('nan')):.4f}"
+  line += f" ({terms})" if terms else ""
+  if "val/zero_shot_auc" in val:
+    line += f"; val zero-shot AUC {val['val/zero_shot_auc']:.4f}"
+  return line
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        make_scorer: ScorerFactory | None = None) -> dict[str, float]:
   """Pretrains per `config`, checkpointing to `workdir`; resumes whatever is there.
@@ -223,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       `config.best.zero_shot_task` is set.
 
   Returns:
-    The last logged metrics (process-local floats).
+    The last logged metrics (process-local floats) and `step`, the step the run stopped at
+    (below `config.total_steps` when it stopped for a resubmission).
   """
   from cgdmer_jax.data import reader
   workdir = epath.Path(workdir)
@@ -356,6 +371,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path, info,
                            keeper.best, keeper.dir)
           writer.write(step, val)
           last_logged.update(val)
+          if jax.process_index() == 0:
+            logging.info("%s", val_line(step, val))
         if watcher.reached(step) and step < config.total_steps:
           save(step, force=True)
           logging.warning("preempted: checkpoint saved at step %d; exiting", step)
@@ -372,9 +389,12 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path, info,
   finally:
     ckpt.wait()
     ckpt.close()
+    if keeper is not None:
+      keeper.close()
     watcher.close()
     progress.close()
     writer.close()
+  last_logged = dict(last_logged, step=step)
   if jax.process_index() == 0:
-    (workdir / "last_metrics.json").write_text(json.dumps(dict(last_logged, step=step), indent=2))
+    (workdir / "last_metrics.json").write_text(json.dumps(last_logged, indent=2))
   return last_logged

@@ -9,15 +9,17 @@ step benchmark and the GPU check import the trainer without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import pathlib
 from typing import Mapping
 
 import jax
 import numpy as np
-from tqdm import tqdm
+from etils import epath
+
+from cgdmer_jax import progress
 
 
 def _to_float(v) -> float:
@@ -33,9 +35,10 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)  # local or object storage alike
     workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._files = contextlib.ExitStack()  # epath's open is a context manager
+    self._jsonl = self._files.enter_context((workdir / "metrics.jsonl").open("a"))
     if tensorboard:
       import tensorflow as tf
       tf.config.set_visible_devices([], "GPU")
@@ -58,7 +61,7 @@ class MetricWriter:
 
   def close(self) -> None:
     if self._jsonl is not None:
-      self._jsonl.close()
+      self._files.close()
       self._jsonl = None
     if self._tb is not None:
       self._tb.close()
@@ -66,12 +69,12 @@ class MetricWriter:
 
 
 class Progress:
-  """A tqdm bar with ETA on process 0; a no-op elsewhere."""
+  """A progress bar with ETA on process 0 (plain lines in a log file); a no-op elsewhere."""
 
   def __init__(self, start: int, total: int, desc: str = "train"):
     self._bar = None
     if jax.process_index() == 0:
-      self._bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+      self._bar = progress.bar(total=total, initial=start, desc=desc, unit="step")
 
   def update(self, n: int = 1, **postfix) -> None:
     if self._bar is None:

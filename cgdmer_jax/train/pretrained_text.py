@@ -14,7 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from cgdmer_jax.models import bert, bert_checkpoint, bert_tower
+from cgdmer_jax.models import bert
+from cgdmer_jax.models import bert_checkpoint
+from cgdmer_jax.models import bert_tower
 from data_pipelines import wordpiece
 
 

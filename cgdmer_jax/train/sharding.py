@@ -9,12 +9,14 @@ reduce-scatters of the gradients.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")

@@ -11,13 +11,15 @@ check import this module through the loop and run without TensorFlow.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterator
+from typing import Callable
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgdmer_jax.train import accumulate, sharding
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import sharding
 
 
 def eval_stream(config, split: str) -> Iterator[dict[str, np.ndarray]]:
