@@ -47,7 +47,9 @@ if __name__ == "__main__":
   _force_host_devices(sys.argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
+# The imports below follow the environment set above (XLA_FLAGS must precede jax). TensorFlow
+# is imported only inside main(), for --input=tfrecord: the synthetic benchmark runs where
+# TensorFlow is not installed (tests/test_gpu_check.py).
 import json
 from typing import Any
 
@@ -57,12 +59,15 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from cgdmer_jax import cli
+from cgdmer_jax import objective
 from cgdmer_jax import overrides
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import loop
 from cgdmer_jax.perf import flops as flops_lib
 from cgdmer_jax.perf import siglip_memory
 from cgdmer_jax.perf import step_timing
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import pretrained_text
+from cgdmer_jax.train import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py:size=base; --config.a.b=v overrides.",
@@ -166,17 +171,15 @@ def main(argv) -> None:
                          f"{jax.default_backend()} devices exist")
   per_device = _PER_DEVICE_BATCH.value or config.data.batch_size // max(counts)
   if _INPUT.value == "tfrecord":
-    from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top
+    from cgdmer_jax.data import reader
     loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   else:
-    from cgdmer_jax.train import pretrained_text  # pylint: disable=g-import-not-at-top
     pretrained_text.resolve(config)  # a pretrained report tower's shape, without a dataset
   load_before = os.getloadavg()
   report: dict[str, Any] = dict(
       config=config.to_dict(), device_kind=jax.devices()[0].device_kind,
       platform=jax.default_backend(), devices_available=jax.device_count(),
       host_cpus=len(os.sched_getaffinity(0)), input=_INPUT.value, per_device_batch=per_device)
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   report["params"] = objective.param_counts(config)  # a pretrained report tower included
   report["runs"] = weak_scaling(
       config, counts, per_device, steps=_STEPS.value, warmup=_WARMUP.value,
@@ -211,4 +214,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

@@ -26,9 +26,16 @@ import os
 import pathlib
 import sys
 
-from absl import app
+import numpy as np
 from absl import flags
 from absl import logging
+from tqdm import tqdm
+
+from cgdmer_jax import cli
+from data_pipelines import locate
+
+# main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so it imports `inference` (and with it
+# JAX) inside.
 
 _MODEL = flags.DEFINE_string("model", None, "Export folder (cgdmer_jax.export) or training "
                              "workdir.")
@@ -56,10 +63,6 @@ def embed_records(encoder, locs, out: pathlib.Path, *, feature: str = "embedding
   Streams: records are read and embedded one batch at a time into a memory-mapped file, so
   a folder of any size needs the memory of one batch.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from data_pipelines import locate  # pylint: disable=g-import-not-at-top
-
   reader = locate.CanonicalReader(encoder.signal_config(min_leads=min_leads))
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(out.name + ".partial")
@@ -122,9 +125,7 @@ def main(argv) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
-  from data_pipelines import locate  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax import inference
 
   out = pathlib.Path(_OUT.value)
   if out.suffix != ".npy":
@@ -155,4 +156,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["model", "input"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

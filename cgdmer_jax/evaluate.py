@@ -34,9 +34,13 @@ import os
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
+
+from cgdmer_jax import cli
+from cgdmer_jax.evaluators import logreg_probe
+
+# main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so it imports the JAX evaluators inside.
 
 _WORKDIR = flags.DEFINE_list("workdir", [], "Training workdirs and/or export folders.")
 _RANDOM = flags.DEFINE_bool("random_init", False, "Also evaluate a randomly initialised "
@@ -97,11 +101,10 @@ def main(argv) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
-  from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import logreg_probe  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import linear_probe
   try:
     fractions = [float(f) / 100 for f in _FRACTIONS.value]
-    from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+    from cgdmer_jax.evaluators import runner
     protocol = runner.Protocol(
         split=_SPLIT.value, probes=tuple(_PROBE.value), features=tuple(_FEATURES.value),
         merl=linear_probe.ProbeConfig(epochs=_EPOCHS.value, lr=_PROBE_LR.value,
@@ -128,4 +131,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

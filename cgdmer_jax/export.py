@@ -1,6 +1,7 @@
 r"""Exports a trained model for inference, without the optimizer state or the training code.
 
-  python -m cgdmer_jax.export --workdir=RUN --out=EXPORT [--dtype=float32|bfloat16] [--step=latest|N|best]
+  python -m cgdmer_jax.export --workdir=RUN --out=EXPORT [--dtype=float32|bfloat16] \
+      [--step=latest|N|best]
 
 The export folder holds:
   params/                   params-only Orbax checkpoint (in --dtype); usable as
@@ -32,9 +33,15 @@ import pathlib
 import shutil
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
+
+from cgdmer_jax import cli
+from cgdmer_jax.data import features
+
+# main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so JAX and the modules that import it are
+# imported inside the functions that use them (which also keeps `--help` instant).
+
 
 def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
                  dtype: str = "float32", step: int | str | None = None,
@@ -53,16 +60,15 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   Returns:
     The export_info dict.
   """
-  # Heavy imports here: `--help` of the command stays instant.
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.train import workdir_config  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.data import features  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.models import cgdmer  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+
+  from cgdmer_jax import inference
+  from cgdmer_jax import objective
+  from cgdmer_jax.models import cgdmer
+  from cgdmer_jax.train import checkpointing
+  from cgdmer_jax.train import workdir_config
 
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   config = workdir_config.read(workdir / workdir_config.CONFIG_FILE)
@@ -135,7 +141,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
 
 def _signature(exported) -> dict[str, str]:
   """{output name: 'dtype[shape]'} of an exported function returning a dict."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
   outs = jax.tree_util.tree_unflatten(exported.out_tree, exported.out_avals)
   return {k: f"{v.dtype}{list(map(str, v.shape))}" for k, v in outs.items()}
 
@@ -175,4 +181,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

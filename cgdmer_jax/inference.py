@@ -25,15 +25,22 @@ import functools
 import json
 import os
 import pathlib
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from cgdmer_jax import objective
 from cgdmer_jax.data import features
+from cgdmer_jax.models import cgdmer
+from cgdmer_jax.train import checkpointing
 from cgdmer_jax.train import workdir_config
+from data_pipelines import reports
+from data_pipelines import signal
+from data_pipelines import tokenizer
 
 ECG_EXPORT = "ecg_encoder.jax_exported"
 TEXT_EXPORT = "text_encoder.jax_exported"
@@ -59,7 +66,6 @@ class Encoder:
 
   def signal_config(self, min_leads: int = 1):
     """The canonicalisation this model was trained with (missing leads carried as masked)."""
-    from data_pipelines import signal  # pylint: disable=g-import-not-at-top
     return signal.Config(fs=self.fs, seconds=self.seconds, min_leads=min_leads)
 
   def _batched(self, fn, arrays: Sequence[np.ndarray], desc: str, progress: bool):
@@ -96,8 +102,6 @@ class Encoder:
 
   def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Cleans and tokenizes texts exactly as the converter stores reports."""
-    from data_pipelines import reports  # pylint: disable=g-import-not-at-top
-    from data_pipelines import tokenizer  # pylint: disable=g-import-not-at-top
     if self.tokenizer_path is None:
       raise ValueError(f"{self.name}: no tokenizer, cannot embed text")
     tok = tokenizer.load(self.tokenizer_path)  # SentencePiece or WordPiece, by file
@@ -136,8 +140,6 @@ def tokenizer_of(config, workdir: pathlib.Path) -> str | None:
 
 
 def _live_encoder(config, params, graphdef, tokenizer_path, name, batch_size) -> Encoder:
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.models import cgdmer  # pylint: disable=g-import-not-at-top
   # Params are passed as an argument (not closed over): jit then sees plain arrays.
   ecg_fn = functools.partial(jax.jit(objective.encode_ecg_fn(graphdef, config)), params)
   text_fn = None
@@ -168,8 +170,6 @@ def from_workdir(workdir: str | os.PathLike, *, step: int | str | None = None,
       kept by zero-shot model selection, `config.best`).
     batch_size: ECGs per encoder call.
   """
-  from cgdmer_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
@@ -187,7 +187,6 @@ def from_workdir(workdir: str | os.PathLike, *, step: int | str | None = None,
 def random_init(config: ml_collections.ConfigDict, tokenizer_path: str | None, *,
                 seed: int = 0, batch_size: int = 64) -> Encoder:
   """`config`'s architecture with random weights: the baseline a pretrained model must beat."""
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
   graphdef, params = objective.init(config, seed)
   return _live_encoder(config, params, graphdef, tokenizer_path, f"random_init(seed={seed})",
                        batch_size)

@@ -7,7 +7,8 @@ and optax only see plain pytrees (the functional loop of the Flax performance gu
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cgdmer_jax import losses, masking
-from cgdmer_jax.models import cgdmer, patching
+from cgdmer_jax import losses
+from cgdmer_jax import masking
+from cgdmer_jax.models import cgdmer
+from cgdmer_jax.models import patching
 
 Params = Any  # nnx.State of nnx.Param leaves: a pytree
 

@@ -7,7 +7,8 @@ all spell settings as `key=value` text; each value takes the type of the value i
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 import ml_collections
 

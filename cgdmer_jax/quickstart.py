@@ -25,12 +25,19 @@ import dataclasses
 import json
 import os
 import pathlib
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
+
+from cgdmer_jax import cli
+from cgdmer_jax import export
+from cgdmer_jax.evaluators import report
+from data_pipelines import signal
+from data_pipelines import write
+
+# main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so the modules that import JAX (trainer,
+# evaluators, configs) are imported inside the functions that use them.
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Where everything goes.")
@@ -51,7 +58,6 @@ OPTIONAL_TASKS = ("cpsc2018", "csn")  # evaluated when the sample has the folder
 
 def headline(eval_dir: pathlib.Path) -> str:
   """The headline cells of an evaluation folder: pretrained, random init, paired difference."""
-  from cgdmer_jax.evaluators import report  # pylint: disable=g-import-not-at-top
   rows = {r["model"]: r for r in json.loads((eval_dir / "summary.json").read_text())}
   diffs = json.loads((eval_dir / "comparisons.json").read_text())
   diff = diffs[0]["tasks"].get(HEADLINE_TASK, {}) if diffs else {}
@@ -84,13 +90,9 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   Returns:
     dict of the folders written (`data`, `pretrain`, `eval`, `export`), `results`, `plots`.
   """
-  from cgdmer_jax import export  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import report  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-  from data_pipelines import signal  # pylint: disable=g-import-not-at-top
-  from data_pipelines import write  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import linear_probe
+  from cgdmer_jax.evaluators import runner
+  from cgdmer_jax.train import loop
 
   workdir, sample = pathlib.Path(workdir), pathlib.Path(sample)
   if not (sample / "ptbxl" / "ptbxl_database.csv").is_file():
@@ -150,8 +152,8 @@ def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.WARNING)
-  from configs import pretrain  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  from cgdmer_jax.evaluators import runner
+  from configs import pretrain
   run(_WORKDIR.value, _SAMPLE.value, pretrain.get_config("size=tiny"), steps=_STEPS.value,
       probe_epochs=_PROBE_EPOCHS.value,
       protocol=runner.Protocol(probes=("logreg",), features=("concat", "shared")))
@@ -159,4 +161,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

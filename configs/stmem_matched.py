@@ -5,11 +5,11 @@ Usage:
 
 Config arg keys (after `:`): size (tiny|small|base: ST-MEM encoder widths 192/12/3,
 384/12/6, 768/12/12; ST-MEM has no tiny, the peer harness defines it), batch (default 32).
-Side by side with ST-MEM's own step: `python -m cgdmer_jax.stmem_compare` (same sizes).
+Side by side with ST-MEM's own step: `python -m cgdmer_jax.perf.stmem_compare` (same sizes).
 
-Matched to the shared peer harness `peers/st_mem_throughput.py` (ST-MEM's own pretraining step): 2250
-samples (250 Hz x 9 s), patch 75 (30 patches per lead, 360 tokens), token masking only at
-0.75 (90 visible tokens; ST-MEM keeps int(30 * 0.25) = 7 per lead = 84, plus 24 SEP tokens:
+Matched to the shared peer harness `peers/st_mem_throughput.py` (ST-MEM's own pretraining
+step): 2250 samples (250 Hz x 9 s), patch 75 (30 patches per lead, 360 tokens), token masking
+only at 0.75 (90 visible tokens; ST-MEM keeps int(30 * 0.25) = 7 per lead = 84, plus 24 SEP tokens:
 108 encoder tokens), decoder 256 wide x 4 blocks x 4 heads, per-patch normalised target,
 AdamW, float32. Differences that remain, see docs/PERFORMANCE.md: our shared and specific
 encoders at depth 0 are LayerNorm + Dense each (two extra token-wise layers ST-MEM does not

@@ -17,7 +17,8 @@ apache_beam is the `[beam]` extra, imported only when this runner is chosen.
 from __future__ import annotations
 
 import shlex
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 from absl import logging
 
@@ -33,7 +34,7 @@ class BeamNotInstalledError(ImportError):
 
 def _import_beam():
   try:
-    import apache_beam  # pylint: disable=g-import-not-at-top
+    import apache_beam
   except ImportError as e:
     raise BeamNotInstalledError(INSTALL_HINT) from e
   return apache_beam
@@ -56,7 +57,7 @@ def make_runner(beam_options: str
     ValueError: `beam_options` is not a valid shell-quoted string or names an unknown runner.
   """
   beam = _import_beam()
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  from apache_beam.options import pipeline_options
   try:
     args = shlex.split(beam_options)
   except ValueError as e:

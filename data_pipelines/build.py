@@ -26,7 +26,6 @@ import errno
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -34,11 +33,12 @@ from absl import logging
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from data_pipelines import beam_runner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import write  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cgdmer_jax import cli
+from data_pipelines import beam_runner
+from data_pipelines import signal
+from data_pipelines import sources
+from data_pipelines import wordpiece
+from data_pipelines import write
 
 _SOURCE = flags.DEFINE_enum(
     "source", None, list(sources.NAMES),
@@ -168,4 +168,4 @@ def _parse_flags(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["source", "input", "output"])
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+  cli.run(main)

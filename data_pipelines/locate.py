@@ -114,7 +114,7 @@ class CanonicalReader:
                                                         max_seconds=self.config.seconds)
     except sources.Rejected:
       raise
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       # Any reader failure on an untrusted file is a rejection with its reason, never a crash.
       raise sources.Rejected(f"{type(e).__name__}: {e}") from e
     return signal_lib.canonicalize(sig, leads, fs, self.config)

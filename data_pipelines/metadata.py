@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import collections
 import csv
+import importlib.metadata
+import io
 import json
 import os
 import pathlib
@@ -23,15 +25,17 @@ from collections.abc import Sequence
 from cgdmer_jax.data import features
 from data_pipelines import shard_worker
 
+# TensorFlow Datasets is imported inside `write_tfds_metadata`: the converter's process loads
+# TensorFlow only after the conversion, so that it can fork its workers (`write._start_method`).
+
 # Bumped when the stored format or the conversion changes the bytes of an output.
 FORMAT_VERSION = 1
 
 
 def tool_version() -> str:
   try:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top
-    return metadata.version("cgdmer_jax")
-  except Exception:  # pylint: disable=broad-except
+    return importlib.metadata.version("cgdmer_jax")
+  except Exception:
     return "unknown"
 
 
@@ -87,7 +91,6 @@ def write_manifest(output: pathlib.Path, rows: Sequence[dict]) -> None:
 
 
 def _csv_text(rows: Sequence[dict]) -> str:
-  import io  # pylint: disable=g-import-not-at-top
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=shard_worker.MANIFEST_COLUMNS, lineterminator="\n")
   w.writeheader()
@@ -99,7 +102,7 @@ def write_tfds_metadata(output: pathlib.Path, tasks: Sequence[shard_worker.Shard
                         rows: Sequence[dict], num_samples: int, max_report_len: int,
                         description: str) -> None:
   """`dataset_info.json` + `features.json` with per-split shard lengths and sizes."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
   written = collections.Counter((r["split"], int(r["shard"])) for r in rows
                                 if r["status"] == "written")
   template = tfds.core.ShardedFileTemplate(

@@ -13,8 +13,10 @@ Completion protocol (what makes reruns resumable and interruptions harmless):
    its file does); a crash between 2 and 3 only means the shard is converted again.
 
 No record can crash a shard: any exception while converting a record becomes a `rejected`
-manifest row with the exception as the reason. TensorFlow is imported only by the shard
-writer (`tfrecord.AtomicShardWriter`), once per worker process.
+manifest row with the exception as the reason. TensorFlow is imported only inside the worker
+(`_State`, `tfrecord.AtomicShardWriter`), once per worker process: the converter's own process
+imports this module and must not load TensorFlow before it forks the workers
+(`write._start_method`).
 """
 
 from __future__ import annotations
@@ -84,9 +86,10 @@ class _State:
   """Per-process objects built once from a `WorkerSpec`."""
 
   def __init__(self, spec: WorkerSpec):
-    from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    # (TensorFlow's ~3 s import is paid here, once per worker, not inside the first shard.)
+    # Imported for the side effect of loading it: TensorFlow's ~3 s import is paid here, once
+    # per worker, not inside the first shard.
+    import tensorflow  # noqa: F401
+    from tensorflow_datasets.core import example_serializer
     self.spec = spec
     self.source = sources.get_source(spec.source, spec.input, **spec.source_options)
     self.tokenizer = (tokenizer_lib.from_bytes(spec.tokenizer_proto)
@@ -141,7 +144,7 @@ def convert_record(state: _State, ref) -> tuple[bytes | None, dict[str, Any]]:
     # different worker processes and reruns would not be byte-identical.
     data = state.serializer.get_tf_example(
         state.features.encode_example(example)).SerializeToString(deterministic=True)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     row.update(status="rejected", reason=_reason(e, spec.input))
     return None, row
   row.update(status="written", leads_found=int(canon.lead_mask.sum()),

@@ -31,7 +31,7 @@ class AtomicShardWriter:
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
     self.tmp_path = f"{self.path}.tmp-{os.getpid()}"
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     self._writer = tf.io.TFRecordWriter(self.tmp_path)
     self._tf_error = tf.errors.OpError
     self._open = True

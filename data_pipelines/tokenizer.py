@@ -27,15 +27,17 @@ to train at all fails with a `ValueError` that says how many reports it had.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Iterable
 
-from absl import logging
 import numpy as np
 import sentencepiece as spm
+from absl import logging
 
 from cgdmer_jax.data import features
+from data_pipelines import wordpiece
 
 
 def train(reports: Iterable[str], vocab_size: int, *, seed: int = 0) -> bytes:
@@ -88,7 +90,6 @@ def from_bytes(data: bytes):
     `Tokenizer` or `wordpiece.WordPiece` (same interface).
   """
   if data[:1] == b"{":
-    from data_pipelines import wordpiece  # pylint: disable=g-import-not-at-top
     return wordpiece.WordPiece.from_bytes(data)
   return Tokenizer(data)
 
@@ -131,7 +132,6 @@ class Tokenizer:
   @property
   def name(self) -> str:
     """How errors name this tokenizer."""
-    import hashlib  # pylint: disable=g-import-not-at-top
     return (f"SentencePiece ({self.vocab_size} pieces, sha256 "
             f"{hashlib.sha256(self.proto).hexdigest()[:12]})")
 

@@ -25,18 +25,18 @@ import os
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tqdm  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tqdm
 
-from cgdmer_jax.data import features  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cgdmer_jax.data import reader  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cgdmer_jax.data import shard_scan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cgdmer_jax import cli
+from cgdmer_jax.data import features
+from cgdmer_jax.data import reader
+from cgdmer_jax.data import shard_scan
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The --output folder of data_pipelines.build.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -161,4 +161,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["data_dir"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

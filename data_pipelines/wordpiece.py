@@ -25,6 +25,10 @@ import numpy as np
 
 from cgdmer_jax.data import features
 
+# `tokenizers` is imported inside the functions that use it: the trainer imports this module
+# (train/pretrained_text.py), and so the step benchmark and the GPU check, which run on a machine
+# without `tokenizers`.
+
 FILE = features.WORDPIECE_FILE
 FORMAT = "cgdmer-wordpiece-1"
 PREFIX = "hf:"
@@ -71,14 +75,14 @@ def from_folder(folder: str | os.PathLike) -> "WordPiece":
     FileNotFoundError: no tokenizer file in the folder.
     ValueError: a special token missing from the vocabulary.
   """
-  import tokenizers  # pylint: disable=g-import-not-at-top
+  import tokenizers
   d = pathlib.Path(folder)
   cfg = _read_json(d / "tokenizer_config.json")
   smap = _read_json(d / "special_tokens_map.json")
   if (d / "tokenizer.json").is_file():
     tok = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
   elif (d / "vocab.txt").is_file():
-    from tokenizers import implementations  # pylint: disable=g-import-not-at-top
+    from tokenizers import implementations
     lower = bool(cfg.get("do_lower_case", True))
     tok = implementations.BertWordPieceTokenizer(
         str(d / "vocab.txt"), lowercase=lower, strip_accents=cfg.get("strip_accents"),
@@ -105,7 +109,7 @@ class WordPiece:
   file_name = FILE
 
   def __init__(self, tokenizer_json: str, specials: dict[str, str], *, source: str):
-    import tokenizers  # pylint: disable=g-import-not-at-top
+    import tokenizers
     self.tokenizer_json = tokenizer_json
     self.specials = dict(specials)
     self.source = source

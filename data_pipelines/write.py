@@ -5,8 +5,9 @@
 1. **List** the source's records (no signal read), clean their reports, assign splits by
    patient (`splits.assign`), order each split by record hash and cut it into shards.
 2. **Tokenizer**: `--tokenizer` if given (a SentencePiece model, or `hf:DIR`: the WordPiece
-   tokenizer of a pretrained checkpoint folder, `wordpiece.py`); else the output's own `tokenizer.model` when a
-   previous run trained it on the same corpus; else trained on the TRAIN split's reports.
+   tokenizer of a pretrained checkpoint folder, `wordpiece.py`); else the output's own
+   `tokenizer.model` when a previous run trained it on the same corpus; else trained on the
+   TRAIN split's reports.
 3. **Plan check**: a fingerprint of everything that decides the output bytes (config, input,
    tokenizer, the records of every shard) is kept in `_build/plan.json`. Rerunning with the
    same plan resumes; a different plan in a non-empty output is refused unless --overwrite.
@@ -28,18 +29,19 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import pathlib
 import shutil
 import sys
 import time
 from concurrent import futures
-import multiprocessing
 
-from absl import logging
 import tqdm
+from absl import logging
 
 from cgdmer_jax.data import features
+from data_pipelines import beam_runner
 from data_pipelines import metadata
 from data_pipelines import reports
 from data_pipelines import shard_worker
@@ -242,7 +244,6 @@ def _runner(config: BuildConfig):
     return lambda spec, pending: _run_local(config, spec, pending)
   if config.runner != "beam":
     raise ValueError(f"unknown runner {config.runner!r} (local or beam)")
-  from data_pipelines import beam_runner  # pylint: disable=g-import-not-at-top
   if config.workers:
     logging.warning("--workers is ignored with --runner=beam: parallelism is the Beam "
                     "runner's (e.g. --beam_options='--direct_num_workers=N').")

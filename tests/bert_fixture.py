@@ -11,8 +11,19 @@ where BERT's do, not at 0..4, so a test that mixed them up with SentencePiece's 
 
 from __future__ import annotations
 
+import collections
 import json
 import pathlib
+
+from tokenizers import implementations
+from tokenizers import normalizers
+from tokenizers import pre_tokenizers
+
+from data_pipelines import reports
+from data_pipelines import sources
+
+# torch and transformers are optional test references (the `test` extra): imported inside
+# `make_checkpoint`, the only function that needs them.
 
 SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SPECIAL_IDS = dict(pad=0, unk=3, bos=4, eos=5, mask=6)
@@ -20,7 +31,6 @@ SPECIAL_IDS = dict(pad=0, unk=3, bos=4, eos=5, mask=6)
 
 def embedded_reports(ptbxl_root: pathlib.Path) -> list[str]:
   """The cleaned, non-empty reports of the embedded PTB-XL subset."""
-  from data_pipelines import reports, sources  # pylint: disable=g-import-not-at-top
   refs = sources.get_source("ptbxl", str(ptbxl_root)).list_records()
   return [c for c in (reports.clean_report(r.report) for r in refs) if c]
 
@@ -31,8 +41,6 @@ def wordpiece_vocab(texts: list[str], vocab_size: int) -> list[str]:
 
   (The `tokenizers` WordPiece trainer breaks ties in an order that changes between runs.)
   """
-  import collections  # pylint: disable=g-import-not-at-top
-  from tokenizers import normalizers, pre_tokenizers  # pylint: disable=g-import-not-at-top
   norm = normalizers.BertNormalizer(lowercase=True)
   pre = pre_tokenizers.BertPreTokenizer()
   words = collections.Counter(
@@ -51,9 +59,8 @@ def make_checkpoint(out: pathlib.Path, ptbxl_root: pathlib.Path, *, vocab_size: 
                     hidden: int = 32, layers: int = 2, heads: int = 4,
                     max_positions: int = 128, seed: int = 0) -> pathlib.Path:
   """Writes the checkpoint folder `out` and returns it."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  from tokenizers import implementations  # pylint: disable=g-import-not-at-top
+  import torch
+  import transformers
 
   out.mkdir(parents=True, exist_ok=True)
   (out / "vocab.txt").write_text("\n".join(wordpiece_vocab(

@@ -18,7 +18,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import pytest  # pylint: disable=g-import-not-at-top
+import pytest
+
+from data_pipelines import signal
+from data_pipelines import write
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Small real subset embedded in the repository (see tests/data/README.md).
@@ -44,8 +47,6 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def ptbxl_tfrecords(tmp_path_factory) -> pathlib.Path:
   """The embedded PTB-XL subset converted at 100 Hz (4 train shards: enough for 2 processes)."""
-  from data_pipelines import signal  # pylint: disable=g-import-not-at-top
-  from data_pipelines import write  # pylint: disable=g-import-not-at-top
   out = tmp_path_factory.mktemp("ptbxl_tfrecords")
   write.build(write.BuildConfig(
       source="ptbxl", input=str(EMBEDDED / "ptbxl"), output=str(out),

@@ -1,4 +1,5 @@
-"""A stand-in bucket for tests: URL paths (`file://localhost/...`) taking every layer's remote code path.
+"""A stand-in bucket for tests: URL paths (`file://localhost/...`) taking every layer's remote
+code path.
 
 What a run with `--workdir=gs://bucket/run` goes through, and what stands in for it here:
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax.train import balance
-from cgdmer_jax.train import diagnostics
 from cgdmer_jax import losses
 from cgdmer_jax import objective
+from cgdmer_jax.train import balance
+from cgdmer_jax.train import diagnostics
 from cgdmer_jax.train import loop
 from configs import pretrain
 from tests import test_diagnostics

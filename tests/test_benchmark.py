@@ -95,7 +95,8 @@ def test_command_line_makes_fake_devices(tmp_path):
   """The CLI on 1 and 2 fake CPU devices from a process that has a single CPU device."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = tmp_path / "bench.json"
-  cmd = [sys.executable, "-m", "cgdmer_jax.benchmark", "--config=configs/pretrain.py:size=tiny,variant=ecg_mask_only",
+  cmd = [sys.executable, "-m", "cgdmer_jax.benchmark",
+         "--config=configs/pretrain.py:size=tiny,variant=ecg_mask_only",
          "--config.data.batch_size=4", "--devices=1,2", "--steps=1", "--warmup=0",
          "--xla_flops=false", f"--out={out}"]
   res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

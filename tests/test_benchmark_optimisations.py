@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdmer_jax.train import accumulate
 from cgdmer_jax import objective
-from cgdmer_jax.train import prefetch
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import loop
 from cgdmer_jax.models import layers
 from cgdmer_jax.perf import step_timing
+from cgdmer_jax.train import accumulate
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import prefetch
+from cgdmer_jax.train import sharding
 from configs import pretrain
 
 

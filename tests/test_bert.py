@@ -13,11 +13,17 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from cgdmer_jax.models import bert, bert_checkpoint  # noqa: E402
+from cgdmer_jax import objective  # noqa: E402
+from cgdmer_jax.models import bert  # noqa: E402
+from cgdmer_jax.models import bert_checkpoint  # noqa: E402
+from cgdmer_jax.train import pretrained_text  # noqa: E402
+from configs import pretrain  # noqa: E402
 
 HF_CONFIG = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=64, max_position_embeddings=40, type_vocab_size=2,
@@ -58,7 +64,8 @@ def _batch():
 def _reference(folder, ids, valid, types):
   model = transformers.BertForPreTraining.from_pretrained(folder).eval()
   with torch.no_grad():
-    out = model.bert(input_ids=torch.tensor(ids), attention_mask=torch.tensor(valid.astype(np.int64)),
+    out = model.bert(input_ids=torch.tensor(ids),
+                     attention_mask=torch.tensor(valid.astype(np.int64)),
                      token_type_ids=torch.tensor(types))
     logits = model.cls.predictions(out.last_hidden_state)
   return (out.last_hidden_state.numpy(), out.pooler_output.numpy(), logits.numpy())
@@ -98,7 +105,6 @@ def test_bert_model_checkpoint_without_prefix_or_head(hf_folder, tmp_path):
 
 def test_sharded_and_legacy_named_checkpoints_load(hf_folder, tmp_path):
   """Shards listed in model.safetensors.index.json; TF-era `gamma`/`beta` LayerNorm names."""
-  from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
   ids, lengths, _, types = _batch()
   want = bert_checkpoint.load(hf_folder)[0](jnp.asarray(ids), jnp.asarray(lengths),
                                             jnp.asarray(types))["tokens"]
@@ -166,9 +172,6 @@ def test_config_round_trip_and_gelu_is_exact():
 
 
 def test_resolve_takes_the_architecture_from_the_folder(hf_folder, tmp_path):
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.train import pretrained_text  # pylint: disable=g-import-not-at-top
-  from configs import pretrain  # pylint: disable=g-import-not-at-top
   for f in hf_folder.iterdir():
     (tmp_path / f.name).write_bytes(f.read_bytes())
   vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

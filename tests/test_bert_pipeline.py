@@ -6,6 +6,7 @@ checkpoint's, the others moved -> export -> `embed --texts` in a fresh process g
 model's text embeddings. A dataset of another tokenizer is refused before compiling.
 """
 
+import shutil
 import subprocess
 import sys
 
@@ -15,17 +16,20 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from cgdmer_jax import inference  # noqa: E402
-from cgdmer_jax.train import checks  # noqa: E402
-from cgdmer_jax.train import sharding  # noqa: E402
-from cgdmer_jax.train import loop  # noqa: E402
 from cgdmer_jax import export as export_lib  # noqa: E402
+from cgdmer_jax import inference  # noqa: E402
 from cgdmer_jax.data import reader  # noqa: E402
-from cgdmer_jax.train import pretrained_text  # noqa: E402
 from cgdmer_jax.models import bert_tower  # noqa: E402
-from data_pipelines import signal, write  # noqa: E402
-from tests import bert_fixture, conftest  # noqa: E402
-from tests.test_train import params_of, tiny_config  # noqa: E402
+from cgdmer_jax.train import checks  # noqa: E402
+from cgdmer_jax.train import loop  # noqa: E402
+from cgdmer_jax.train import pretrained_text  # noqa: E402
+from cgdmer_jax.train import sharding  # noqa: E402
+from data_pipelines import signal  # noqa: E402
+from data_pipelines import write  # noqa: E402
+from tests import bert_fixture  # noqa: E402
+from tests import conftest  # noqa: E402
+from tests.test_train import params_of  # noqa: E402
+from tests.test_train import tiny_config  # noqa: E402
 
 MAX_LEN = 64
 STEPS = 3
@@ -120,7 +124,6 @@ def test_dataset_of_another_tokenizer_fails_before_compiling(run, embedded_data,
 
 
 def test_resume_restores_the_masked_optimizer_state(run, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "work"
   shutil.copytree(run["workdir"], workdir)
   overrides = {"model.text.init_from": str(run["hf"]), "model.text.freeze_layers": 1,

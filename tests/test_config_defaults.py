@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cgdmer_jax import objective
-from cgdmer_jax.train import checks, workdir_config
+from cgdmer_jax.train import checks
+from cgdmer_jax.train import workdir_config
 from configs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

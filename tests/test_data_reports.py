@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from cgdmer_jax.data import features
 from data_pipelines import reports
@@ -84,7 +85,6 @@ def test_untrainable_corpus_is_a_clear_error():
 
 
 def test_foreign_special_ids_refused(tmp_path):
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   model = tmp_path / "m"
   spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_prefix=str(model),
                                  vocab_size=60, minloglevel=2)

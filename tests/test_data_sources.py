@@ -10,7 +10,9 @@ import wfdb
 from cgdmer_jax.data import features
 from data_pipelines import signal
 from data_pipelines import sources
-from data_pipelines.sources import base, ptbxl, wfdb_io
+from data_pipelines.sources import base
+from data_pipelines.sources import ptbxl
+from data_pipelines.sources import wfdb_io
 
 
 def _headers(root: pathlib.Path, limit_ptbxl: int | None = None):
@@ -35,7 +37,7 @@ def _check_shim(paths):
     rec = str(hea)[:-4]
     try:
       plain = wfdb.rdrecord(rec, smooth_frames=False)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       with pytest.raises(type(e)):
         with wfdb_io.fast_header_parsing():
           wfdb.rdrecord(rec, smooth_frames=False)

@@ -6,6 +6,8 @@ The stored ids are compared with what the `tokenizers` library gives for the sto
 """
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +17,12 @@ pytest.importorskip("transformers")
 
 import tokenizers  # noqa: E402
 
-from data_pipelines import signal, tokenizer, wordpiece, write  # noqa: E402
+from data_pipelines import signal  # noqa: E402
+from data_pipelines import tokenizer  # noqa: E402
+from data_pipelines import wordpiece  # noqa: E402
+from data_pipelines import write  # noqa: E402
 from tests import bert_fixture  # noqa: E402
+from tests import conftest  # noqa: E402
 from tests.test_data_roundtrip import _stored  # noqa: E402
 
 MAX_LEN = 48  # short enough that some embedded reports are truncated
@@ -92,9 +98,6 @@ def test_folder_without_tokenizer_is_refused(tmp_path):
 
 
 def test_cli_refuses_a_folder_without_tokenizer(embedded_data, tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  from tests import conftest  # pylint: disable=g-import-not-at-top
   (tmp_path / "ckpt").mkdir()
   proc = subprocess.run(
       [sys.executable, "-m", "data_pipelines.build", "--source=ptbxl",

@@ -17,6 +17,7 @@ from cgdmer_jax.data import reader
 from data_pipelines import shard_worker
 from data_pipelines import signal
 from data_pipelines import tfrecord
+from data_pipelines import tokenizer
 from data_pipelines import write
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -158,7 +159,6 @@ def test_splits_are_patient_disjoint(ptbxl_out, embedded_data, tmp_path):
 
 
 def test_tokenizer_flag_reuses_a_model(ptbxl_out, embedded_data, tmp_path, monkeypatch):
-  from data_pipelines import tokenizer  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(tokenizer, "train", lambda *a, **k: pytest.fail("trained a tokenizer"))
   model = ptbxl_out / features.TOKENIZER_FILE
   out = tmp_path / "reuse"

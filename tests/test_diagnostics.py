@@ -4,18 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from cgdmer_jax.train import diagnostics
 from cgdmer_jax import losses
 from cgdmer_jax import objective
+from cgdmer_jax.data import reader
+from cgdmer_jax.train import diagnostics
+from cgdmer_jax.train import loop
 from cgdmer_jax.train import optim
+from configs import pretrain
 from tests import test_train
 
 
 def _batch(config):
-  from cgdmer_jax.train import loop
-  from cgdmer_jax.data import reader
   loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   local = next(reader.train_batches(config.data.dir, global_batch_size=8, seed=0,
                                     process_index=0, process_count=1))
@@ -57,7 +57,6 @@ def test_term_gradients_match_each_terms_own_gradient(ptbxl_tfrecords):
 
 
 def test_term_scales_ramp_in():
-  from configs import pretrain
   config = pretrain.get_config("size=tiny")
   # No ramp: plain floats, the static program.
   assert losses.term_scales(config, jnp.int32(0)) == {k: float(config.loss[k])
@@ -66,7 +65,10 @@ def test_term_scales_ramp_in():
   config.loss.ramp_steps.contrastive = 50
   config.loss.ramp_start.ecg = 10
   w = config.loss.contrastive
-  at = lambda s: {k: float(v) for k, v in losses.term_scales(config, jnp.int32(s)).items()}
+
+  def at(s):
+    return {k: float(v) for k, v in losses.term_scales(config, jnp.int32(s)).items()}
+
   assert at(0)["contrastive"] == 0.0 and at(99)["contrastive"] == 0.0
   assert at(100)["contrastive"] == pytest.approx(w / 50)
   assert at(124)["contrastive"] == pytest.approx(w * 25 / 50)

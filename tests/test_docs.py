@@ -123,7 +123,7 @@ def _default_mismatches(rows, config):
 
 
 def _tiny_config():
-  from configs import pretrain  # pylint: disable=g-import-not-at-top
+  from configs import pretrain
   return pretrain.get_config("size=tiny")
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import train_test_split
 
 from cgdmer_jax.evaluators import auc
 from cgdmer_jax.evaluators import linear_probe
@@ -69,7 +70,6 @@ def test_all_tasks_read(shared_data):
 
 
 def test_label_fraction_matches_merl_protocol():
-  from sklearn.model_selection import train_test_split
   idx = linear_probe.label_subset(1000, 0.1)
   assert len(idx) == 100
   want = np.sort(train_test_split(np.arange(1000), train_size=0.1, random_state=42)[0])
@@ -84,7 +84,10 @@ def test_zero_shot_scores_and_missing_prompts():
   ecg = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
   y = np.array([[1, 0], [0, 1], [1, 0]])
   table = {"A": [1.0, 0.0], "B": [0.0, 2.0]}
-  embed = lambda texts: np.array([table.get(t, [0.5, 0.5]) for t in texts])
+
+  def embed(texts):
+    return np.array([table.get(t, [0.5, 0.5]) for t in texts])
+
   r = zero_shot.evaluate(ecg, y, ["A", "B"], embed, {"A": "A", "B": "B"})
   assert r["macro_auc"] == 1.0 and r["prompts_missing"] == []
   r2 = zero_shot.evaluate(ecg, y, ["A", "C"], embed, {"A": "A"})

@@ -99,7 +99,10 @@ def test_disentangle_zero_orthogonal_positive_identical():
 
 
 def _fake_outputs(B=4, M=3, P=5, K=2, V=7, E=6, rng=np.random.default_rng(0)):
-  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+
+  def f(*s):
+    return jnp.asarray(rng.normal(size=s), jnp.float32)
+
   return {"ecg/shared": f(B, E), "ecg/specific": f(B, E), "text/shared": f(B, E),
           "text/specific": f(B, E), "ecg/embedding": _unit(f(B, E)),
           "text/embedding": _unit(f(B, E)), "ecg/recon": f(B, M, P), "ecg/target": f(B, M, P),
@@ -135,7 +138,8 @@ def test_total_switches_terms():
 def test_siglip_jit_sharded_batch():
   """Under jit with the batch on a `data` mesh axis the loss equals the unsharded one.
 
-  Auto axes, as `cgdmer_jax.train.sharding` builds the mesh: XLA gathers the [B, B] logits' operands.
+  Auto axes, as `cgdmer_jax.train.sharding` builds the mesh: XLA gathers the [B, B] logits'
+  operands.
   """
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rng = np.random.default_rng(1)

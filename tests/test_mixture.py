@@ -1,18 +1,24 @@
 """Pretraining on several converted datasets: weights, one tokenizer, ECG-only rows."""
 
+import csv
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cgdmer_jax import objective
 from cgdmer_jax.data import mixture
 from cgdmer_jax.data import reader
+from cgdmer_jax.train import loop
+from configs import pretrain
+from data_pipelines import signal
+from data_pipelines import write
 from tests import conftest
+from tests import test_train
 
 
 def _build(out, source, input_dir, **kw):
-  from data_pipelines import signal
-  from data_pipelines import write
   write.build(write.BuildConfig(source=source, input=str(input_dir), output=str(out),
                                 signal=signal.Config(fs=100, seconds=10.0), workers=1,
                                 progress=False, **kw))
@@ -54,13 +60,11 @@ def test_weights_respected_and_ecg_only_rows_flagged(ptbxl_tfrecords, ecg_only):
 
 
 def _manifest(data_dir):
-  import csv
   with open(data_dir / "manifest.csv", newline="") as f:
     return list(csv.DictReader(f))
 
 
 def test_weights_by_size_and_config_parsing(ptbxl_tfrecords, ecg_only):
-  from configs import pretrain
   config = pretrain.get_config("size=tiny")
   config.data.dir = str(ptbxl_tfrecords)
   config.data.mix = f"{ecg_only}"
@@ -91,9 +95,6 @@ def test_a_second_tokenizer_is_refused_naming_both(ptbxl_tfrecords, tmp_path):
 
 
 def test_ecg_only_rows_give_no_report_or_contrastive_term(ptbxl_tfrecords, ecg_only):
-  from cgdmer_jax import objective
-  from cgdmer_jax.train import loop
-  from tests import test_train
   config = test_train.tiny_config(ptbxl_tfrecords)
   loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   sources = [mixture.Source(str(ptbxl_tfrecords), 1.0), mixture.Source(str(ecg_only), 1.0)]

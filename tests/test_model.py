@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cgdmer_jax import masking, objective
-from cgdmer_jax.models import cgdmer, layers, patching
-from configs import common, pretrain
+from cgdmer_jax import masking
+from cgdmer_jax import objective
+from cgdmer_jax.models import cgdmer
+from cgdmer_jax.models import ecg
+from cgdmer_jax.models import layers
+from cgdmer_jax.models import patching
+from configs import common
+from configs import pretrain
 
 B = 2
 
@@ -172,7 +177,10 @@ def test_token_valid_excludes_missing_leads_and_padding():
 def test_cpu_sizes_share_the_cpu_data_shape():
   tiny, mini = (pretrain.get_config(f"size={s}") for s in ("tiny", "mini"))
   for key in ("data.fs", "model.patch_size", "total_steps", "data.batch_size", "optim.lr"):
-    get = lambda c: functools.reduce(getattr, key.split("."), c)
+
+    def get(c):
+      return functools.reduce(getattr, key.split("."), c)
+
     assert get(tiny) == get(mini), key
   assert mini.model.ecg_width == 2 * tiny.model.ecg_width
   small = pretrain.get_config("size=small")
@@ -191,7 +199,6 @@ def test_param_counts_per_size():
 
 
 def test_patch_stats_give_tokens_the_amplitude_the_patch_norm_removes():
-  from cgdmer_jax.models import ecg  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   patches = jnp.asarray(rng.normal(size=(2, 5, 50)), jnp.float32)
   idx = jnp.tile(jnp.arange(5, dtype=jnp.int32), (2, 1))

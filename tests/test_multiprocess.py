@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests import conftest
 
 REPO = conftest.REPO

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from cgdmer_jax import losses
-from cgdmer_jax.train import sharding
 from cgdmer_jax import siglip
 from cgdmer_jax.perf import siglip_memory
+from cgdmer_jax.train import sharding
 from configs import pretrain
 
 

@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal as sp_signal
 
+from cgdmer_jax import inference
+from cgdmer_jax.models import normalize as normalize_lib
+
 BAND_EDGES_HZ = np.arange(0.0, 45.0 + 1e-9, 3.0)   # 16 edges: 15 bands
 _FLOOR = 1e-12                                       # log of an empty band
 
@@ -68,9 +71,6 @@ def bandpower_encoder(fs: int, seconds: float, *, batch_size: int = 64,
   Returns:
     The encoder (`text_fn` None: zero-shot is skipped for it).
   """
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.models import normalize as normalize_lib  # pylint: disable=g-import-not-at-top
-
   if normalize not in normalize_lib.METHODS:
     raise ValueError(f"unknown normalize {normalize!r}; known: {normalize_lib.METHODS}")
 

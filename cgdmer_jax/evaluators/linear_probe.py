@@ -32,7 +32,6 @@ import numpy as np
 import optax
 from sklearn.model_selection import train_test_split
 
-from cgdmer_jax.evaluators import auc as auc_lib
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
 

@@ -8,8 +8,9 @@ import pathlib
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.manifold import TSNE
 
 
 def _with_interval(v) -> tuple[float, float, float]:
@@ -92,7 +93,6 @@ def tsne_map(path: pathlib.Path, title: str, emb_NxD: np.ndarray, y_NxC: np.ndar
   Returns:
     `path`, or None when there are too few points for t-SNE.
   """
-  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
   n = len(emb_NxD)
   if n < 5:
     return None

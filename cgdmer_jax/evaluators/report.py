@@ -10,7 +10,8 @@ cell at one label fraction against another's at a different one.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 

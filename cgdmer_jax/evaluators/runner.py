@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cgdmer_jax import inference
 from cgdmer_jax.evaluators import baselines as baselines_lib
-from cgdmer_jax.train import workdir_config
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
 from cgdmer_jax.evaluators import linear_probe
@@ -39,6 +39,7 @@ from cgdmer_jax.evaluators import seeds
 from cgdmer_jax.evaluators import stored
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
+from cgdmer_jax.train import workdir_config
 
 TSNE_TASK = "ptbxl_super"
 PROBES = ("merl", "logreg")
@@ -284,8 +285,6 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   Returns:
     One results dict per model (see `evaluate_encoder`).
   """
-  from cgdmer_jax import inference  # pylint: disable=g-import-not-at-top
-
   protocol = protocol.check()
   unknown = [t for t in task_names if t not in tasks_lib.TASKS]
   if unknown:

@@ -180,7 +180,8 @@ def read_labels(task: Task | str, tables_root: str | os.PathLike) -> dict[str, S
     cols = _label_columns(df, task, path) if len(df) else list(classes)
     if set(cols) != set(classes):
       raise ValueError(f"{path}: classes differ from the train table: missing "
-                       f"{sorted(set(classes) - set(cols))}, extra {sorted(set(cols) - set(classes))}")
+                       f"{sorted(set(classes) - set(cols))}, extra "
+                       f"{sorted(set(cols) - set(classes))}")
     y = df[list(classes)].to_numpy(dtype=np.int8) if len(df) else np.zeros((0, len(classes)),
                                                                             np.int8)
     if task.labels == "exact":

@@ -71,7 +71,7 @@ class ValZeroShot:
         continue
       try:
         c = reader.read(loc)
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         continue  # unreadable val records do not block training; the count is reported
       ecg.append(c.ecg)
       valid.append(c.valid_len)

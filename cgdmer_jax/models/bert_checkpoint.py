@@ -23,11 +23,15 @@ import os
 import pathlib
 from typing import Any
 
-from absl import logging
+import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from cgdmer_jax.models import bert
+
+# safetensors is imported inside `read_weights`, where weights are read: the step benchmark and
+# the GPU check import this module (through the trainer) on a machine without safetensors.
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -106,7 +110,7 @@ def read_config(folder: str | os.PathLike) -> bert.BertConfig:
 
 def read_weights(folder: str | os.PathLike) -> dict[str, np.ndarray]:
   """Every tensor of the folder's safetensors files, by its checkpoint name (numpy)."""
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file
   out: dict[str, np.ndarray] = {}
   for f in weight_files(folder):
     for name, arr in load_file(str(f)).items():
@@ -299,7 +303,6 @@ def load(folder: str | os.PathLike, *, dtype=None, impl: str | None = None,
     (model, info): info has `config` (BertConfig), `mlm_head` and `pooler` (bools: present
     in the checkpoint).
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   cfg = read_config(folder)
   weights, mlm, pooler = check_weights(read_weights(folder), cfg, source=str(folder))
   if not pooler:

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax.models import bert, layers
+from cgdmer_jax.models import bert
+from cgdmer_jax.models import layers
 
 KINDS = ("transformer", "bert")
 

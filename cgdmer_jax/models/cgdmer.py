@@ -25,7 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax.models import decoders, disentangle, ecg, layers, patching, text
+from cgdmer_jax.models import decoders
+from cgdmer_jax.models import disentangle
+from cgdmer_jax.models import ecg
+from cgdmer_jax.models import layers
+from cgdmer_jax.models import patching
+from cgdmer_jax.models import text
 
 PROBE_FEATURES = ("shared", "specific", "concat")
 

@@ -25,7 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax.models import bert, bert_tower, disentangle, layers, patching
+from cgdmer_jax.models import bert
+from cgdmer_jax.models import bert_tower
+from cgdmer_jax.models import disentangle
+from cgdmer_jax.models import layers
+from cgdmer_jax.models import patching
 
 
 class ECGDecoder(nnx.Module):

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cgdmer_jax.models import layers, normalize, patching
-
+from cgdmer_jax.models import layers
+from cgdmer_jax.models import normalize
+from cgdmer_jax.models import patching
 
 # 0.01 mV (or 0.01 of a z-scored lead's std): a flat or zero-padded patch maps to log 0.01.
 STATS_STD_FLOOR = 1e-2

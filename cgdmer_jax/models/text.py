@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from cgdmer_jax.models import bert_tower
 from cgdmer_jax.models import layers
 
 
 def build(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
   """The report backbone `config.model.text` selects (`TextEncoder` or `BertTextEncoder`)."""
-  from cgdmer_jax.models import bert_tower  # pylint: disable=g-import-not-at-top
   if bert_tower.is_bert(config.model):
     return bert_tower.BertTextEncoder(config, rngs=rngs)
   return TextEncoder(config, rngs=rngs)

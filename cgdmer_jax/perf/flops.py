@@ -24,7 +24,13 @@ import jax
 import ml_collections
 
 from cgdmer_jax import masking
-from cgdmer_jax.models import bert, bert_tower, cgdmer, disentangle
+from cgdmer_jax import objective
+from cgdmer_jax.models import bert
+from cgdmer_jax.models import bert_tower
+from cgdmer_jax.models import cgdmer
+from cgdmer_jax.models import disentangle
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import sharding
 
 # Dense peak per device (one GPU, one TPU chip) in TFLOP/s, for the matmul precision each
 # `model.dtype` gets by default: bfloat16 on tensor cores / MXUs; float32 under JAX's default
@@ -257,9 +263,6 @@ def xla_step_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
     (`compiled_memory_bytes` of the twin: without remat and with XLA attention an upper
     bound of the configured step's, used to size the batch to a device).
   """
-  from cgdmer_jax import objective  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.train import sharding  # pylint: disable=g-import-not-at-top
-  from cgdmer_jax.train import loop  # pylint: disable=g-import-not-at-top
   twin = counting_config(config)
   twin.mesh.data, twin.mesh.fsdp = 1, 1
   mesh = sharding.make_mesh(twin, devices=jax.devices()[:1])

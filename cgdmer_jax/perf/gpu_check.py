@@ -30,7 +30,7 @@ if __name__ == "__main__":
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
+
 import importlib.metadata
 import json
 import platform
@@ -39,19 +39,23 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 from absl import app
 from absl import flags
 
+from cgdmer_jax import cli
 from cgdmer_jax import overrides
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import loop
 from cgdmer_jax.models import layers
 from cgdmer_jax.perf import flops as flops_lib
 from cgdmer_jax.perf import step_timing
 from cgdmer_jax.perf import stmem_compare
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import sharding
+from configs import pretrain
+from configs import stmem_matched
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write gpu_check.json and gpu_check.md here.")
 # --peer_dir, --peer_script, --peer_python are stmem_compare's flags (FLAGS.peer_*); without
@@ -131,7 +135,7 @@ class Recorder:
     self.current, t0 = name, time.perf_counter()
     try:
       result = dict(fn(), status="ok")
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       result = dict(status="error", error=f"{type(e).__name__}: {str(e)[:2000]}",
                     traceback=traceback.format_exc()[-4000:])
     result["wall_s"] = time.perf_counter() - t0
@@ -152,7 +156,7 @@ class Recorder:
     outputs = [("gpu_check.json", json.dumps(self.report, indent=2, default=str))]
     try:  # the JSON is what counts; a table that fails to render must not lose it
       outputs.append(("gpu_check.md", table(self.report)))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       outputs.append(("gpu_check.md", f"table failed: {type(e).__name__}: {e}\n"))
     for fname, text in outputs:
       tmp = os.path.join(self.out_dir, fname + ".tmp")
@@ -169,7 +173,7 @@ class Recorder:
           self.child.kill()
         self.write()
       print(self.report["watchdog"], flush=True)
-      os._exit(3)  # pylint: disable=protected-access
+      os._exit(3)
     timer = threading.Timer(after_s, fire)
     timer.daemon = True
     timer.start()
@@ -277,7 +281,6 @@ def run_peer(rec: Recorder, compiled: bool, budget: float) -> dict[str, Any]:
 
 def _config(which: str):
   """The measured configs (bfloat16 compute, float32 parameters); tiny ones in the dry run."""
-  from configs import pretrain, stmem_matched  # pylint: disable=g-import-not-at-top
   if which == "stmem_ours":
     c = stmem_matched.get_config(f"size={'tiny' if _DRY.value else 'base'},"
                                  f"batch={_batch(_STMEM_BATCH)}")
@@ -373,7 +376,8 @@ def main(argv) -> None:
     if name in ("stmem_eager", "stmem_compile"):
       continue
     if name in ("base", "stmem_ours", "small"):
-      fn = lambda n=name: measure(config_of(n), devices, fit=(n != "stmem_ours"))
+      def fn(n=name):
+        return measure(config_of(n), devices, fit=(n != "stmem_ours"))
     else:
       on, changes = SWITCHES[name]
       if on not in done:
@@ -397,4 +401,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["out_dir"])
-  app.run(main)
+  cli.run(main)

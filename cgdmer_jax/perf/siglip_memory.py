@@ -7,8 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cgdmer_jax.train import sharding
 from cgdmer_jax import siglip
+from cgdmer_jax.train import sharding
 
 
 def memory_report(mesh: jax.sharding.Mesh, global_batch: int, dim: int) -> dict[str, dict]:

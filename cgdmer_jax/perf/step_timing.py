@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from typing import Any, Iterator
+from typing import Any
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -19,13 +20,12 @@ import numpy as np
 from cgdmer_jax import masking
 from cgdmer_jax import objective
 from cgdmer_jax import overrides
-from cgdmer_jax.train import prefetch
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import loop
 from cgdmer_jax.data import features
 from cgdmer_jax.models import cgdmer
 from cgdmer_jax.perf import flops as flops_lib
-
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import prefetch
+from cgdmer_jax.train import sharding
 
 # ---------------------------------------------------------------------------------------------
 # Batches.

@@ -4,8 +4,8 @@
       --peer_python=PEER_VENV/bin/python --peer_script=PATH/st_mem_throughput.py \
       --peer_dir=ST_MEM_TREE
 
-Each round times `--steps_per_round` of our step (`configs/stmem_matched.py:size=SIZE`, compiled once,
-each step waited for) and then runs the peer harness (`st_mem_throughput.py`: ST-MEM's model
+Each round times `--steps_per_round` of our step (`configs/stmem_matched.py:size=SIZE`, compiled
+once, each step waited for) and then runs the peer harness (`st_mem_throughput.py`: ST-MEM's model
 and optimizer from an exported ST-MEM tree, float32, same batch, length, patch and mask
 ratio) for the same number of steps in a subprocess. A shared machine's load changes from
 minute to minute, so the ratio is taken per round and the rounds' median is reported, with
@@ -22,13 +22,14 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from absl import flags
 
+from cgdmer_jax import cli
 from cgdmer_jax import overrides
-from cgdmer_jax.train import sharding
-from cgdmer_jax.train import loop
 from cgdmer_jax.perf import step_timing
+from cgdmer_jax.train import loop
+from cgdmer_jax.train import sharding
+from configs import stmem_matched
 
 _SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "small", "base"], "ST-MEM encoder size.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds (ours, then the peer).")
@@ -62,7 +63,6 @@ def peer_command(python: str, script: str, peer_dir: str, size: str, batch: int,
 
 def main(argv) -> None:
   del argv
-  from configs import stmem_matched  # pylint: disable=g-import-not-at-top
   config = stmem_matched.get_config(f"size={_SIZE.value}")
   config = overrides.apply(config, overrides.parse_items(",".join(_OVERRIDES.value)))
   B = config.data.batch_size
@@ -116,4 +116,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["peer_python", "peer_script", "peer_dir"])
-  app.run(main)
+  cli.run(main)

@@ -24,7 +24,11 @@ import importlib
 import os
 
 from data_pipelines import signal
-from data_pipelines.sources.base import LayoutError, RawRecord, RecordRef, Rejected, Source
+from data_pipelines.sources.base import LayoutError
+from data_pipelines.sources.base import RawRecord
+from data_pipelines.sources.base import RecordRef
+from data_pipelines.sources.base import Rejected
+from data_pipelines.sources.base import Source
 
 _MODULES = {
     "ptbxl": "data_pipelines.sources.ptbxl",

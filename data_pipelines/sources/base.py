@@ -17,10 +17,13 @@ import abc
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
+from typing import ClassVar
 
 import numpy as np
+
 from data_pipelines.errors import Rejected  # noqa: F401 (sources raise it as base.Rejected)
 
 

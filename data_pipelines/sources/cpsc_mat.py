@@ -15,8 +15,12 @@ import numpy as np
 import scipy.io
 
 from cgdmer_jax.data import features
-from data_pipelines.sources.base import (LayoutError, RecordRef, Rejected, Source,
-                                         resolve_record, walk)
+from data_pipelines.sources.base import LayoutError
+from data_pipelines.sources.base import RecordRef
+from data_pipelines.sources.base import Rejected
+from data_pipelines.sources.base import Source
+from data_pipelines.sources.base import resolve_record
+from data_pipelines.sources.base import walk
 
 FS = 500.0
 
@@ -52,7 +56,7 @@ class CpscMat(Source):
     path = resolve_record(self.root, record, ".mat")
     try:
       mat = scipy.io.loadmat(path)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise Rejected(f"unreadable .mat ({type(e).__name__}: {e})") from e
     if "ECG" not in mat:
       raise Rejected("not an original CPSC .mat (no 'ECG' struct)")

@@ -20,7 +20,10 @@ import pandas as pd
 
 from data_pipelines import reports
 from data_pipelines.sources import wfdb_io
-from data_pipelines.sources.base import LayoutError, RecordRef, Source, resolve_record
+from data_pipelines.sources.base import LayoutError
+from data_pipelines.sources.base import RecordRef
+from data_pipelines.sources.base import Source
+from data_pipelines.sources.base import resolve_record
 
 REPORT_COLUMNS = tuple(f"report_{i}" for i in range(18))
 

@@ -20,7 +20,10 @@ import math
 import pandas as pd
 
 from data_pipelines.sources import wfdb_io
-from data_pipelines.sources.base import LayoutError, RecordRef, Source, resolve_record
+from data_pipelines.sources.base import LayoutError
+from data_pipelines.sources.base import RecordRef
+from data_pipelines.sources.base import Source
+from data_pipelines.sources.base import resolve_record
 
 _REQUIRED = ("ecg_id", "patient_id", "strat_fold", "filename_lr", "filename_hr", "report",
              "scp_codes")

@@ -14,7 +14,11 @@ from __future__ import annotations
 import itertools
 
 from data_pipelines.sources import wfdb_io
-from data_pipelines.sources.base import LayoutError, RecordRef, Source, resolve_record, walk
+from data_pipelines.sources.base import LayoutError
+from data_pipelines.sources.base import RecordRef
+from data_pipelines.sources.base import Source
+from data_pipelines.sources.base import resolve_record
+from data_pipelines.sources.base import walk
 
 
 class WfdbDir(Source):

@@ -132,7 +132,7 @@ def check_signal_files(header, directory: pathlib.Path) -> None:
     path = directory / name
     if not path.is_file():
       continue  # wfdb names the missing file itself
-    need = offset + wfdb_signal._required_byte_num(  # pylint: disable=protected-access
+    need = offset + wfdb_signal._required_byte_num(
         "read", fmt, int(header.sig_len) * per_frame)
     size = path.stat().st_size
     if size < need:
@@ -171,7 +171,7 @@ def read_wfdb(path: pathlib.Path, root: pathlib.Path | None = None,
       rec = wfdb.rdrecord(str(path), smooth_frames=False, sampto=sampto)
   except Rejected:
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     msg = str(e)
     if root is not None:
       msg = msg.replace(str(root.resolve()) + "/", "").replace(str(root) + "/", "")
