@@ -6,6 +6,8 @@ import math
 import pathlib
 import re
 
+from configs import pretrain
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # What the project ships: its packages, docs and CI, and the files at the top level (not
 # runs/, virtual environments or the embedded data).
@@ -123,7 +125,6 @@ def _default_mismatches(rows, config):
 
 
 def _tiny_config():
-  from configs import pretrain
   return pretrain.get_config("size=tiny")
 
 
