@@ -21,17 +21,21 @@ index says which failed and why); 2 bad usage (missing model or input, no record
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
-import pathlib
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 from absl import flags
 from absl import logging
-from tqdm import tqdm
+from etils import epath
 
 from cgdmer_jax import cli
+from cgdmer_jax import progress
 from data_pipelines import locate
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so it imports `inference` (and with it
@@ -52,19 +56,48 @@ _MIN_LEADS = flags.DEFINE_integer(
     "lower it to embed partial-lead records with the missing leads masked.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Records per forward pass.")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = cli.OK, cli.ERROR, cli.USAGE, 3
 INDEX_COLUMNS = ("row", "record", "status", "reason", "valid_len", "leads")
 
 
-def embed_records(encoder, locs, out: pathlib.Path, *, feature: str = "embedding",
-                  min_leads: int = 12, progress: bool = True) -> list[dict]:
+@contextlib.contextmanager
+def _local_file(out: epath.Path):
+  """A local path to write `out` through: itself, or (object storage) a temporary file that
+  is uploaded when the block ends without error."""
+  if "://" not in os.fspath(out):
+    yield out
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    local = epath.Path(tmp) / out.name
+    yield local
+    with local.open("rb") as src, out.open("wb") as dst:
+      shutil.copyfileobj(src, dst, 16 << 20)
+
+
+def embed_records(encoder, locs, out: str | os.PathLike, *, feature: str = "embedding",
+                  min_leads: int = 12, show_progress: bool = True) -> list[dict]:
   """Reads, embeds and writes `out` (.npy) and its index CSV; returns the index rows.
 
-  Streams: records are read and embedded one batch at a time into a memory-mapped file, so
-  a folder of any size needs the memory of one batch.
+  Streams: records are read and embedded one batch at a time into a memory-mapped file (on
+  local disk; uploaded at the end when `out` is on object storage), so a folder of any size
+  needs the memory of one batch.
   """
-  reader = locate.CanonicalReader(encoder.signal_config(min_leads=min_leads))
+  out = epath.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  with _local_file(out) as local:
+    rows = _embed_to(encoder, locs, local, feature=feature, min_leads=min_leads,
+                     show_progress=show_progress)
+  text = io.StringIO()
+  w = csv.DictWriter(text, fieldnames=INDEX_COLUMNS)
+  w.writeheader()
+  w.writerows(rows)
+  index_path(out).write_text(text.getvalue())
+  return rows
+
+
+def _embed_to(encoder, locs, out: epath.Path, *, feature: str, min_leads: int,
+              show_progress: bool) -> list[dict]:
+  reader = locate.CanonicalReader(encoder.signal_config(min_leads=min_leads))
   tmp = out.with_name(out.name + ".partial")
   rows: list[dict] = []
   buffer: list = []
@@ -86,8 +119,8 @@ def embed_records(encoder, locs, out: pathlib.Path, *, feature: str = "embedding
     n_ok += len(emb)
     buffer.clear()
 
-  for loc, canon, reason in tqdm(reader.read_many(locs), total=len(locs), desc="embed",
-                                 unit="rec", disable=not progress):
+  for loc, canon, reason in progress.bar(reader.read_many(locs), total=len(locs), desc="embed",
+                                        unit="rec", disable=not show_progress):
     if canon is None:
       print(f"failed: {loc.path}: {reason}", file=sys.stderr)
       rows.append(dict(row=-1, record=loc.path, status="failed", reason=reason, valid_len="",
@@ -109,14 +142,10 @@ def embed_records(encoder, locs, out: pathlib.Path, *, feature: str = "embedding
   del final, store
   if tmp.exists():
     tmp.unlink()
-  with open(index_path(out), "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
   return rows
 
 
-def index_path(out: pathlib.Path) -> pathlib.Path:
+def index_path(out: epath.Path) -> epath.Path:
   return out.with_name(out.stem + ".index.csv")
 
 
@@ -127,29 +156,27 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   from cgdmer_jax import inference
 
-  out = pathlib.Path(_OUT.value)
+  out = epath.Path(_OUT.value)  # local or object storage alike
   if out.suffix != ".npy":
-    print(f"error: --out must end in .npy, got {out}", file=sys.stderr)
-    return EXIT_USAGE
+    return cli.fail(f"--out must end in .npy, got {out}", EXIT_USAGE)
   try:
     encoder = inference.load(_MODEL.value, batch_size=_BATCH.value)
     locs = locate.read_inputs(_INPUT.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_USAGE
+    return cli.fail(str(e), EXIT_USAGE)
   if not locs:
-    print(f"error: no ECG record found in {_INPUT.value}", file=sys.stderr)
-    return EXIT_USAGE
+    return cli.fail(f"no ECG record found in {_INPUT.value}", EXIT_USAGE)
   rows = embed_records(encoder, locs, out, feature=_FEATURES.value, min_leads=_MIN_LEADS.value)
   failed = sum(r["status"] == "failed" for r in rows)
   print(f"embedded {len(rows) - failed} of {len(rows)} records -> {out} "
         f"(index: {index_path(out)}); {failed} failed")
   if _TEXTS.value:
-    lines = [ln.strip() for ln in pathlib.Path(_TEXTS.value).read_text(
-        encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in epath.Path(_TEXTS.value).read_text().splitlines()
+             if ln.strip()]
     texts_out = out.with_name(out.stem + ".texts.npy")
-    np.save(texts_out, encoder.embed_text(lines)["embedding"].astype(np.float32),
-            allow_pickle=False)
+    with texts_out.open("wb") as f:
+      np.save(f, encoder.embed_text(lines)["embedding"].astype(np.float32),
+              allow_pickle=False)
     print(f"embedded {len(lines)} texts -> {texts_out}")
   return EXIT_SOME_FAILED if failed else EXIT_OK
 

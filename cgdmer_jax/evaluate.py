@@ -31,11 +31,11 @@ Exit status: 0 done; 2 bad usage (unknown task, missing model or data); 1 other 
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 
 from absl import flags
 from absl import logging
+from etils import epath
 
 from cgdmer_jax import cli
 from cgdmer_jax.evaluators import logreg_probe
@@ -124,7 +124,7 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   del results  # summary.md holds every model's rows and the paired comparisons
-  out = pathlib.Path(_OUT.value) if _OUT.value else pathlib.Path(_WORKDIR.value[0]) / "eval"
+  out = epath.Path(_OUT.value) if _OUT.value else epath.Path(_WORKDIR.value[0]) / "eval"
   print((out / "summary.md").read_text())
   print(f"results and plots in {out}/")
   return 0

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
-import shutil
-import sys
 
 from absl import flags
 from absl import logging
+from etils import epath
 
 from cgdmer_jax import cli
 from cgdmer_jax.data import features
@@ -70,12 +68,19 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   from cgdmer_jax.train import checkpointing
   from cgdmer_jax.train import workdir_config
 
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  config = workdir_config.read(workdir / workdir_config.CONFIG_FILE)
+  workdir, out = epath.Path(workdir), epath.Path(out)  # local or object storage alike
+  config_path = workdir / workdir_config.CONFIG_FILE
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{workdir} is not a training workdir (no {config_path.name})"
+                            if workdir.exists() else f"{workdir} does not exist")
+  config = workdir_config.read(config_path)
   if out.exists() and any(out.iterdir()):
     if not overwrite:
       raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-    shutil.rmtree(out)
+    if not (out / inference.EXPORT_INFO).is_file():
+      raise FileExistsError(f"--overwrite replaces an export only; {out} holds no "
+                            f"{inference.EXPORT_INFO}, so nothing in it was deleted")
+    out.rmtree()
   out.mkdir(parents=True, exist_ok=True)
 
   with config.unlocked():
@@ -90,7 +95,8 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   store_dtype = jnp.dtype(dtype)
   params = jax.tree.map(lambda x: x.astype(store_dtype), params)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save((out / "params").absolute(), params)
+    ckptr.save(out / "params" if "://" in os.fspath(out) else (out / "params").absolute(),
+               params)
 
   num_samples = int(round(config.data.fs * config.data.seconds))
   L = int(config.model.max_report_len)
@@ -116,11 +122,12 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
 
   tok = inference.tokenizer_of(config, workdir)
   if tok:
-    shutil.copyfile(tok, out / pathlib.Path(tok).name)
+    (out / epath.Path(tok).name).write_bytes(epath.Path(tok).read_bytes())
   (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   info = {
       "format_version": inference.EXPORT_FORMAT_VERSION,
-      "source_workdir": str(workdir.resolve()),
+      "source_workdir": os.fspath(workdir) if "://" in os.fspath(workdir) else str(
+          workdir.resolve()),
       "step": (int(step_dir.name) if step_dir.name.isdigit()
                else json.loads((step_dir / "meta.json").read_text())["step"]
                if (step_dir / "meta.json").is_file() else None),
@@ -130,7 +137,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
       "leads": list(features.LEADS), "normalize": config.data.normalize,
       "max_report_len": L, "variant": config.variant,
       "probe_features": config.model.probe_features, "has_text_encoder": has_text,
-      "tokenizer": pathlib.Path(tok).name if tok else None,
+      "tokenizer": epath.Path(tok).name if tok else None,
       "ecg_outputs": _signature(ecg),
       "text_outputs": _signature(text) if has_text else None,
       "jax_version": jax.__version__,
@@ -172,8 +179,7 @@ def main(argv) -> int:
     info = export_model(f.workdir, f.out, dtype=f.dtype, step=f.step,
                         platforms=tuple(f.platforms), overwrite=f.overwrite)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return cli.fail(str(e), cli.USAGE)
   print(f"exported step {info['step']} of {f.workdir} to {f.out} "
         f"({info['dtype']}, platforms {', '.join(info['platforms'])})")
   return 0

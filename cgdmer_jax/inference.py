@@ -24,13 +24,13 @@ import dataclasses
 import functools
 import json
 import os
-import pathlib
 from typing import Callable
 from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from cgdmer_jax import objective
@@ -129,10 +129,10 @@ class Encoder:
 # Loaders.
 
 
-def tokenizer_of(config, workdir: pathlib.Path) -> str | None:
+def tokenizer_of(config, workdir: str | os.PathLike) -> str | None:
   """The run's tokenizer file (SentencePiece `tokenizer.model` or WordPiece `wordpiece.json`):
   in the workdir, else in the dataset folder; None if neither."""
-  for folder in (workdir, pathlib.Path(str(config.data.dir or ""))):
+  for folder in (epath.Path(workdir), epath.Path(str(config.data.dir or "."))):
     for name in features.TOKENIZER_FILES:
       if (folder / name).is_file():
         return str(folder / name)
@@ -151,7 +151,7 @@ def _live_encoder(config, params, graphdef, tokenizer_path, name, batch_size) ->
                  batch_size=batch_size)
 
 
-def checkpoint_target(workdir: pathlib.Path, step: int | str | None) -> pathlib.Path:
+def checkpoint_target(workdir: epath.Path, step: int | str | None) -> epath.Path:
   """Where `step` (None/'latest', an int, or 'best' for best/) of a workdir lives."""
   if step is None or step == "latest":
     return workdir
@@ -170,7 +170,7 @@ def from_workdir(workdir: str | os.PathLike, *, step: int | str | None = None,
       kept by zero-shot model selection, `config.best`).
     batch_size: ECGs per encoder call.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
@@ -194,7 +194,7 @@ def random_init(config: ml_collections.ConfigDict, tokenizer_path: str | None, *
 
 def from_export(export_dir: str | os.PathLike, *, batch_size: int = 64) -> Encoder:
   """The serialized encoders of `python -m cgdmer_jax.export` (no model code involved)."""
-  export_dir = pathlib.Path(export_dir)
+  export_dir = epath.Path(export_dir)
   info_path = export_dir / EXPORT_INFO
   if not info_path.is_file():
     raise FileNotFoundError(f"{export_dir} is not an export (no {EXPORT_INFO})")
@@ -214,7 +214,7 @@ def from_export(export_dir: str | os.PathLike, *, batch_size: int = 64) -> Encod
 def load(path: str | os.PathLike, *, step: int | str | None = None,
          batch_size: int = 64) -> Encoder:
   """An export folder or a training workdir (at `step`), whichever `path` is."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if (path / EXPORT_INFO).is_file():
     if step not in (None, "latest"):
       raise ValueError(f"{path} is an export (one fixed checkpoint): --step={step} applies to "

@@ -3,23 +3,30 @@ intervals per task, and a t-SNE map of the evaluated ECGs."""
 
 from __future__ import annotations
 
-import pathlib
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+from etils import epath
 from sklearn.manifold import TSNE
+
+
+def _save(fig, path: epath.Path) -> None:
+  """Writes the figure as PNG through epath (a local folder or object storage)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    fig.savefig(f, dpi=110, format="png")
 
 
 def _with_interval(v) -> tuple[float, float, float]:
   return tuple(v) if isinstance(v, (tuple, list)) else (v, np.nan, np.nan)
 
 
-def per_class_auc(path: pathlib.Path, title: str,
+def plot_per_class_auc(path: epath.Path, title: str,
                   series: dict[str, dict[str, float | tuple[float, float, float]]],
-                  skipped: list[str]) -> pathlib.Path:
+                  skipped: list[str]) -> epath.Path:
   """Grouped bars: one group per class, one bar per series (e.g. zero-shot, probe 100 %).
 
   Args:
@@ -49,14 +56,13 @@ def per_class_auc(path: pathlib.Path, title: str,
   ax.set_title(title + note, fontsize=9)
   ax.legend(fontsize=6, loc="lower right")
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
 
-def macro_intervals(path: pathlib.Path, title: str,
-                    rows: dict[str, tuple[float, float, float]]) -> pathlib.Path:
+def macro_intervals(path: epath.Path, title: str,
+                    rows: dict[str, tuple[float, float, float]]) -> epath.Path:
   """Macro AUC of every metric of one task as a point with its interval (one line each).
 
   Args:
@@ -80,14 +86,13 @@ def macro_intervals(path: pathlib.Path, title: str,
   ax.set_xlabel("macro ROC-AUC (95% bootstrap interval)")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
 
-def tsne_map(path: pathlib.Path, title: str, emb_NxD: np.ndarray, y_NxC: np.ndarray,
-             classes: tuple[str, ...], seed: int = 0) -> pathlib.Path | None:
+def tsne_map(path: epath.Path, title: str, emb_NxD: np.ndarray, y_NxC: np.ndarray,
+             classes: tuple[str, ...], seed: int = 0) -> epath.Path | None:
   """2-D t-SNE (scikit-learn) of embeddings, coloured by class (several labels: 'multiple').
 
   Returns:
@@ -111,7 +116,6 @@ def tsne_map(path: pathlib.Path, title: str, emb_NxD: np.ndarray, y_NxC: np.ndar
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7, markerscale=2)
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path

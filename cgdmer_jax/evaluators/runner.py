@@ -25,6 +25,7 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from cgdmer_jax import inference
 from cgdmer_jax.evaluators import baselines as baselines_lib
@@ -157,7 +158,7 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
   prompts_path = pathlib.Path(prompts_path or data_root / "merl_zeroshot" / "CKEPE_prompt.json")
   prompts = zero_shot.load_prompts(prompts_path) if encoder.text_fn is not None else None
   cache = records.FeatureCache(encoder, progress=progress)
-  out_dir = pathlib.Path(out_dir) if out_dir else None
+  out_dir = epath.Path(out_dir) if out_dir else None
   rep = protocol.split
   sel = "val" if rep == "test" else None  # never select on the split that is reported
   needed = ("train", "val", "test") if rep == "test" else ("train", "val")
@@ -224,7 +225,7 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
   return results
 
 
-def _write_results(out_dir: pathlib.Path, results: dict) -> None:
+def _write_results(out_dir: epath.Path, results: dict) -> None:
   """`results.json` (private keys dropped), `results.md` and, for a model, `scores.npz` (its
   private per-record arrays, `stored.save`) of one model or group."""
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +234,7 @@ def _write_results(out_dir: pathlib.Path, results: dict) -> None:
   stored.save(out_dir, results)
 
 
-def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.Path]:
+def _task_plots(out_dir, model, task, entry, split, fractions) -> list[epath.Path]:
   """Per-class bars (zero-shot and every probe/feature at the largest fraction) and macros."""
   top = f"{100 * max(fractions):g}"
   per_class, macros = {}, {}
@@ -247,7 +248,7 @@ def _task_plots(out_dir, model, task, entry, split, fractions) -> list[pathlib.P
   out = []
   if per_class:
     scored = {c for s in per_class.values() for c in s}
-    out.append(plots.per_class_auc(
+    out.append(plots.plot_per_class_auc(
         out_dir / "plots" / f"{task}_per_class_auc.png",
         f"{model}: {task} {split} per-class AUC (95% bootstrap intervals)", per_class,
         sorted(set(entry["classes"]) - scored)))
@@ -309,12 +310,12 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     if bad_pct:
       raise ValueError(f"--compare {','.join(pair)}: label percentage {bad_pct[0]} is not "
                        f"among the evaluated --fractions {evaluated_pcts}")
-  out = pathlib.Path(out or pathlib.Path(workdirs[0]) / "eval")
+  out = epath.Path(out or epath.Path(workdirs[0]) / "eval")  # local or object storage
   loaded = [stored.load(d, split=protocol.split, resamples=protocol.resamples,
                         seed=protocol.seed) for d in scored]
   encoders = [inference.load(w, step=step, batch_size=batch_size) for w in workdirs]
   if random_init:
-    first = pathlib.Path(workdirs[0])
+    first = epath.Path(workdirs[0])
     config = workdir_config.read(first / workdir_config.CONFIG_FILE)
     encoders.append(inference.random_init(config, encoders[0].tokenizer_path, seed=random_seed,
                                           batch_size=batch_size))

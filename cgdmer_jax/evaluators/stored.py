@@ -16,9 +16,9 @@ the current call, is refused with the reason.
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
+from etils import epath
 
 SCORES_FILE = "scores.npz"
 RESULTS_FILE = "results.json"
@@ -44,7 +44,7 @@ def _private(obj, path=()):
       yield from _private(value, path + (key,))
 
 
-def save(out_dir: pathlib.Path, results: dict) -> pathlib.Path | None:
+def save(out_dir: epath.Path, results: dict) -> epath.Path | None:
   """Writes `out_dir/scores.npz` for a model's results; a seed group (built from its
   members' scores) writes none. Returns the path written, or None."""
   if "group" in results:
@@ -53,12 +53,13 @@ def save(out_dir: pathlib.Path, results: dict) -> pathlib.Path | None:
   for path, value in _private(results):
     kind = np.int64 if path[-1] in _LISTS or path[-1] == "_rows" else None
     arrays[_SEP.join(path)] = np.asarray(value, dtype=kind)
-  out = pathlib.Path(out_dir) / SCORES_FILE
-  np.savez_compressed(out, **arrays)
+  out = epath.Path(out_dir) / SCORES_FILE
+  with out.open("wb") as f:
+    np.savez_compressed(f, **arrays)
   return out
 
 
-def _put(results: dict, path: tuple[str, ...], value, where: pathlib.Path) -> None:
+def _put(results: dict, path: tuple[str, ...], value, where: epath.Path) -> None:
   node = results
   for key in path[:-1]:
     node = node.get(key) if isinstance(node, dict) else None
@@ -99,7 +100,7 @@ def load(folder, *, split: str | None = None, resamples: int | None = None,
     ValueError: a seed group's folder, unreadable or inconsistent files, or another split or
       other bootstrap settings than asked for.
   """
-  folder = pathlib.Path(folder)
+  folder = epath.Path(folder)
   res_path, npz_path = folder / RESULTS_FILE, folder / SCORES_FILE
   for p in (res_path, npz_path):
     if not p.is_file():
@@ -122,7 +123,7 @@ def load(folder, *, split: str | None = None, resamples: int | None = None,
       raise ValueError(f"--scored {folder}: scored with {what} {got!r}, this evaluation uses "
                        f"{want!r}")
   try:
-    with np.load(npz_path, allow_pickle=False) as npz:
+    with npz_path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
       for key in npz.files:
         _put(results, tuple(key.split(_SEP)), npz[key], folder)
   except (OSError, ValueError) as e:
