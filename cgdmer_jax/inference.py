@@ -31,9 +31,9 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from tqdm import tqdm
 
 from cgdmer_jax import objective
+from cgdmer_jax import progress as progress_lib
 from cgdmer_jax.data import features
 from cgdmer_jax.models import cgdmer
 from cgdmer_jax.train import checkpointing
@@ -72,8 +72,8 @@ class Encoder:
     n = len(arrays[0])
     outs: dict[str, list[np.ndarray]] = {}
     steps = range(0, n, self.batch_size)
-    for start in tqdm(steps, desc=desc, disable=not progress or n <= self.batch_size,
-                      unit="batch"):
+    for start in progress_lib.bar(steps, desc=desc, unit="batch",
+                                  disable=not progress or n <= self.batch_size):
       chunk = [a[start:start + self.batch_size] for a in arrays]
       rows = len(chunk[0])
       # Pad to the static batch size so every call reuses one compiled program.

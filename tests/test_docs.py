@@ -155,3 +155,29 @@ def test_recipe_defaults_check_catches_a_wrong_value():
   assert _default_mismatches([("model.patch_stats", 1)], config)  # 1 is not True
   table = "| setting | default | why |\n|---|---|---|\n| `total_steps` | `2000` | x |\n"
   assert _default_mismatches(_recipe_defaults(table), config)
+
+
+# A repository path a doc names in backticks or plain text (`cgdmer_jax/train/loop.py`).
+REPO_PATH = re.compile(r"\b((?:cgdmer_jax|data_pipelines|configs|tests|docs|results)"
+                       r"(?:/[\w.-]+)+\.(?:py|md|json|csv))\b")
+
+
+def missing_paths(text: str) -> list[str]:
+  return sorted({p for p in REPO_PATH.findall(text) if not (REPO / p).exists()})
+
+
+def test_docs_name_no_missing_file():
+  docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+          *sorted((REPO / "results").glob("*/README.md"))]
+  bad = {str(d.relative_to(REPO)): m for d in docs if (m := missing_paths(d.read_text()))}
+  assert not bad, f"docs name files that do not exist: {bad}"
+  assert missing_paths("see cgdmer_jax/train.py") == ["cgdmer_jax/train.py"]  # can fail
+
+
+def test_architecture_tree_names_every_module():
+  # docs/ARCHITECTURE.md's tree is the layer table: a new module must be placed in it.
+  text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+  unnamed = [str(p.relative_to(REPO)) for pkg in ("cgdmer_jax", "data_pipelines")
+             for p in sorted((REPO / pkg).rglob("*.py"))
+             if p.stem != "__init__" and not re.search(rf"\b{p.stem}\b", text)]
+  assert not unnamed, f"modules missing from docs/ARCHITECTURE.md: {unnamed}"

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from cgdmer_jax import cli
 from cgdmer_jax import overrides as overrides_lib
 from cgdmer_jax.data import reader
 from cgdmer_jax.evaluators import val_zero_shot
@@ -192,10 +193,13 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
   flags = [f"--config.{k}={v}" for k, v in
            {"data.dir": ptbxl_tfrecords, **TINY, **overrides}.items()]
   env = dict(os.environ, PYTHONHASHSEED="12345")
-  res = subprocess.run([sys.executable, "-m", "cgdmer_jax.main",
-                        "--config=configs/pretrain.py:size=tiny", f"--workdir={there}", *flags],
-                       cwd=conftest.REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
+  command = [sys.executable, "-m", "cgdmer_jax.main", "--config=configs/pretrain.py:size=tiny",
+             f"--workdir={there}", *flags]
+  res = subprocess.run(command, cwd=conftest.REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  # Stopped by steps_per_run before total_steps: the status a scheduler requeues on.
+  assert res.returncode == cli.RESUBMIT, res.stderr[-3000:]
+  assert "step 12 of 40: rerun the same command" in res.stderr
 
   def losses(w):
     return [(r["step"], r["loss"]) for r in read_metrics(w) if "loss" in r]
@@ -207,6 +211,10 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
   assert meta_a["step"] == meta_b["step"] == 12
   for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(a, b)
+  # A run already at its last step finishes at once with status 0.
+  done = subprocess.run([*command, "--config.total_steps=12"], cwd=conftest.REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == cli.OK, done.stderr[-3000:]
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, ptbxl_tfrecords):

@@ -14,8 +14,8 @@ import dataclasses
 import pathlib
 
 import numpy as np
-from tqdm import tqdm
 
+from cgdmer_jax import progress as progress_lib
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from data_pipelines import locate
 
@@ -101,9 +101,9 @@ class FeatureCache:
         self._feats[loc.path] = {k: outs[k][i] for k in OUTPUTS}
       batch.clear()
 
-    for loc, canon, reason in tqdm(self.reader.read_many(todo), total=len(todo),
-                                   desc=f"embed {self.encoder.name}", unit="rec",
-                                   disable=not self.progress or len(todo) < 256):
+    for loc, canon, reason in progress_lib.bar(
+        self.reader.read_many(todo), total=len(todo), desc=f"embed {self.encoder.name}",
+        unit="rec", disable=not self.progress or len(todo) < 256):
       if canon is None:
         self._feats[loc.path] = reason
         continue
