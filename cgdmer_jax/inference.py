@@ -215,6 +215,20 @@ def load(path: str | os.PathLike, *, step: int | str | None = None,
          batch_size: int = 64) -> Encoder:
   """An export folder or a training workdir (at `step`), whichever `path` is."""
   path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist")
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path} is a file: pass an export folder or a training workdir")
+  if not (path / EXPORT_INFO).is_file() and not (path / workdir_config.CONFIG_FILE).is_file():
+    inside = sorted(p.name for p in path.iterdir())
+    hint = ""
+    if any(n.isdigit() for n in inside):
+      hint = " (a checkpoints folder: pass the workdir above it)"
+    elif "params" in inside:
+      hint = " (a checkpoint step: pass the training workdir or an export)"
+    raise FileNotFoundError(
+        f"{path} is not an export (no {EXPORT_INFO}) and not a training workdir (no "
+        f"{workdir_config.CONFIG_FILE}){hint}; it holds: {', '.join(inside[:6]) or 'nothing'}")
   if (path / EXPORT_INFO).is_file():
     if step not in (None, "latest"):
       raise ValueError(f"{path} is an export (one fixed checkpoint): --step={step} applies to "

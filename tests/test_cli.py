@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from cgdmer_jax import cli
+from cgdmer_jax import inference
+from cgdmer_jax.evaluators import runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -88,3 +90,23 @@ def test_close_matches_for_a_misspelt_key():
                             "--config.optim.warmup_step=3"])
   cli.check_config_flags(["prog", "--config=configs/pretrain.py:size=tiny",
                           "--config.loss.ramp_steps.disentangle=20"])  # nested keys are known
+
+
+def test_a_wrong_model_folder_is_named_for_what_it_is(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    inference.load(tmp_path / "nope")
+  (tmp_path / "run" / "checkpoints" / "200").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="not an export .* and not a training workdir .*"
+                                               "a checkpoints folder: pass the workdir above"):
+    inference.load(tmp_path / "run" / "checkpoints")
+  (tmp_path / "run" / "checkpoints" / "200" / "params").mkdir()
+  with pytest.raises(FileNotFoundError, match="a checkpoint step"):
+    inference.load(tmp_path / "run" / "checkpoints" / "200")
+
+
+def test_evaluation_data_root_one_level_too_deep_names_its_parent(tmp_path):
+  (tmp_path / "ptbxl").mkdir()
+  (tmp_path / "ptbxl" / "ptbxl_database.csv").write_text("ecg_id\n")
+  with pytest.raises(FileNotFoundError, match="is the ptbxl folder; --data_root is its parent"):
+    runner.evaluate_models([str(tmp_path / "run")], task_names=["ptbxl_super"],
+                           fractions=[1.0], data_root=str(tmp_path / "ptbxl"))

@@ -303,6 +303,10 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
                      "(and merl_zeroshot/ for the prompts)")
   if workdirs and not pathlib.Path(data_root).is_dir():
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
+  if workdirs and (pathlib.Path(data_root) / "ptbxl_database.csv").is_file():
+    raise FileNotFoundError(f"--data_root {data_root} is the ptbxl folder; --data_root is its "
+                            f"parent ({pathlib.Path(data_root).parent}), which holds ptbxl/, "
+                            "cpsc2018/, csn/ and merl_zeroshot/")
   evaluated_pcts = [f"{100 * f:g}" for f in fractions]
   for pair in compare or ():
     bad_pct = [p for _, p in map(report.split_operand, pair)
