@@ -6,10 +6,12 @@ shard: `Create(tasks) | ParDo(_ConvertShard)`, whose DoFn initialises a worker o
 (`shard_worker.init_worker` in `setup`) and calls `shard_worker.convert_shard` per element.
 
 Why this is safe under Beam's at-least-once execution: a shard's bytes depend only on its
-task, and a shard is committed by renames (`shard_worker`'s protocol), so a retried or
-duplicated element rewrites identical bytes and a failed one leaves no complete-looking shard.
-Shards are written with local file operations (`os.replace`): every worker must see the output
-folder under the same path (one machine, or a shared filesystem), not a GCS/S3 URL.
+task, and a shard is committed by its manifest part, written after it (`shard_worker`'s
+protocol), so a retried or duplicated element rewrites identical bytes and a failed one leaves
+no complete-looking shard. Files are written as with the local runner (`tfrecord`: a rename on
+a local path, one object write on a `gs://` URL): every worker must see the output under the
+same path or URL (one machine, a shared filesystem, or a bucket), and the input folder under
+the same local path.
 
 apache_beam is the `[beam]` extra, imported only when this runner is chosen.
 """

@@ -11,7 +11,8 @@ metadata (`tfds.builder_from_directory(output)` loads it), `manifest.csv` (one r
 record: written or rejected with a reason), `tokenizer.model` (or `wordpiece.json` with
 `--tokenizer=hf:DIR`) and `build_info.json`.
 Rerunning the same command resumes an interrupted run and leaves a finished one unchanged.
-See docs/DATA.md.
+--output may be an object-storage URL (gs://bucket/ptbxl_100): see data_pipelines/tfrecord.py
+and docs/DATA.md.
 
 Exit status: 0 converted (some records may be rejected: see the summary and manifest.csv),
 or --help;
@@ -28,6 +29,7 @@ import sys
 
 from absl import flags
 from absl import logging
+from etils import epath
 
 # TensorFlow (TFDS metadata, the shard writer) is a CPU tool here: never a GPU.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -47,7 +49,9 @@ _SOURCE = flags.DEFINE_enum(
     "ecg-arrhythmia WFDBRecords/), wfdb_dir (any folder of WFDB records), mimic "
     "(MIMIC-IV-ECG record_list.csv + machine_measurements.csv + files/).")
 _INPUT = flags.DEFINE_string("input", None, "Input folder (the dataset root).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder (created if missing).")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Output folder (created if missing): a local path or an object-storage "
+    "URL (gs://bucket/folder).")
 _FS = flags.DEFINE_integer("fs", 500, "Target sampling rate in Hz (resample_poly).")
 _SECONDS = flags.DEFINE_float(
     "seconds", 10.0, "Stored duration: the first SECONDS of a record, zero-padded if shorter.")
@@ -64,11 +68,11 @@ _VOCAB = flags.DEFINE_integer(
     "vocab_size", 8000, "SentencePiece vocabulary size (special ids included); clamped with "
     "a warning when the train reports cannot fill it.")
 _TOKENIZER = flags.DEFINE_string(
-    "tokenizer", None, "Reuse this SentencePiece model instead of training one (it must "
-    "have pad=0 unk=1 bos=2 eos=3 <mask>=4); copied into the output. hf:DIR: the WordPiece "
-    "tokenizer of a local Hugging Face checkpoint folder (tokenizer.json or vocab.txt) with "
-    "its own special ids, stored as [CLS] pieces [SEP] [PAD]... (wordpiece.json in the "
-    "output), for a report tower loaded from that folder.")
+    "tokenizer", None, "Reuse this SentencePiece model (a file or a gs:// URL) instead of "
+    "training one (it must have pad=0 unk=1 bos=2 eos=3 <mask>=4); copied into the output. "
+    "hf:DIR: the WordPiece tokenizer of a local Hugging Face checkpoint folder "
+    "(tokenizer.json or vocab.txt) with its own special ids, stored as [CLS] pieces [SEP] "
+    "[PAD]... (wordpiece.json in the output), for a report tower loaded from that folder.")
 _MAX_REPORT_LEN = flags.DEFINE_integer(
     "max_report_len", 128, "Stored report length: [bos] + pieces + [eos], truncated keeping "
     "eos, padded with pad.")
@@ -90,8 +94,9 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (local runn
 _RUNNER = flags.DEFINE_enum(
     "runner", "local", ["local", "beam"], "Conversion engine. local: a process pool on this "
     "machine (--workers); beam: an Apache Beam pipeline, one element per shard (needs "
-    "pip install -e '.[beam]'; every worker must see --input and --output under the same "
-    "local path). Everything else, resumption included, is the same.")
+    "pip install -e '.[beam]'; every worker must see --input under the same local path and "
+    "--output under the same path or URL). Everything else, resumption included, is the "
+    "same.")
 _BEAM_OPTIONS = flags.DEFINE_string(
     "beam_options", "", "With --runner=beam: Beam pipeline flags, shell-quoted, e.g. "
     "\"--direct_running_mode=multi_processing --direct_num_workers=8\" or "
@@ -126,7 +131,7 @@ def main(argv) -> int:
     except (FileNotFoundError, ValueError) as e:
       print(f"error: --tokenizer {config.tokenizer}: {e}", file=sys.stderr)
       return 2
-  elif config.tokenizer and not os.path.isfile(config.tokenizer):
+  elif config.tokenizer and not epath.Path(config.tokenizer).is_file():
     print(f"error: --tokenizer {config.tokenizer} is not a file", file=sys.stderr)
     return 2
   try:

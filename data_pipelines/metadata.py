@@ -7,7 +7,9 @@ lengths, tokenizer, counts), which the reader requires and which is written last
 without it is not a finished dataset.
 
 Every file is written under a temporary name and renamed into place, in the order manifest,
-features.json, dataset_info.json, build_info.json.
+features.json, dataset_info.json, build_info.json. On object storage (`--output=gs://...`)
+each is one object written under its final name, or (the TFDS files) copied there from
+`_build/metadata`: `tfrecord` says what that relies on.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import importlib.metadata
 import io
 import json
 import os
-import pathlib
 import re
 from collections.abc import Sequence
 
 from cgdmer_jax.data import features
 from data_pipelines import shard_worker
+from data_pipelines import tfrecord
 
 # TensorFlow Datasets is imported inside `write_tfds_metadata`: the converter's process loads
 # TensorFlow only after the conversion, so that it can fork its workers (`write._start_method`).
@@ -39,22 +41,19 @@ def tool_version() -> str:
     return "unknown"
 
 
-def atomic_write(path: pathlib.Path, data: bytes | str) -> None:
-  """Writes `data` to `path` through a temporary file and an atomic rename."""
-  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+  """Writes `data` to `path` through a temporary file and an atomic rename (object storage:
+  one object write; `tfrecord.write_atomic`)."""
+  tfrecord.write_atomic(path, data)
 
 
-def read_parts(output: pathlib.Path, tasks: Sequence[shard_worker.ShardTask]) -> list[dict]:
+def read_parts(output: str | os.PathLike, tasks: Sequence[shard_worker.ShardTask]
+               ) -> list[dict]:
   """The manifest rows of all shards, in task order (split, shard, record order)."""
   rows = []
   for task in tasks:
-    with open(shard_worker.part_path(output, task), newline="", encoding="utf-8") as f:
-      rows.extend(csv.DictReader(f))
+    text = shard_worker.part_path(output, task).read_bytes().decode("utf-8")
+    rows.extend(csv.DictReader(io.StringIO(text, newline="")))
   return rows
 
 
@@ -85,9 +84,9 @@ def counts(rows: Sequence[dict]) -> dict:
   return out
 
 
-def write_manifest(output: pathlib.Path, rows: Sequence[dict]) -> None:
+def write_manifest(output: str | os.PathLike, rows: Sequence[dict]) -> None:
   lines = _csv_text(rows)
-  atomic_write(output / features.MANIFEST_FILE, lines)
+  atomic_write(tfrecord.output_path(output) / features.MANIFEST_FILE, lines)
 
 
 def _csv_text(rows: Sequence[dict]) -> str:
@@ -98,11 +97,12 @@ def _csv_text(rows: Sequence[dict]) -> str:
   return buf.getvalue()
 
 
-def write_tfds_metadata(output: pathlib.Path, tasks: Sequence[shard_worker.ShardTask],
+def write_tfds_metadata(output: str | os.PathLike, tasks: Sequence[shard_worker.ShardTask],
                         rows: Sequence[dict], num_samples: int, max_report_len: int,
                         description: str) -> None:
   """`dataset_info.json` + `features.json` with per-split shard lengths and sizes."""
   import tensorflow_datasets as tfds
+  output = tfrecord.output_path(output)
   written = collections.Counter((r["split"], int(r["shard"])) for r in rows
                                 if r["status"] == "written")
   template = tfds.core.ShardedFileTemplate(
@@ -116,7 +116,7 @@ def write_tfds_metadata(output: pathlib.Path, tasks: Sequence[shard_worker.Shard
     split_infos.append(tfds.core.SplitInfo(
         name=split,
         shard_lengths=[written[(split, t.index)] for t in split_tasks],
-        num_bytes=sum((output / t.filename).stat().st_size for t in split_tasks),
+        num_bytes=sum(tfrecord.size(output / t.filename) for t in split_tasks),
         filename_template=template.replace(split=split)))
   identity = tfds.core.DatasetIdentity(
       name=features.DATASET_NAME, version=tfds.core.Version("1.0.0"), data_dir=str(output),
@@ -129,10 +129,10 @@ def write_tfds_metadata(output: pathlib.Path, tasks: Sequence[shard_worker.Shard
   staging.mkdir(parents=True, exist_ok=True)
   info.write_to_directory(staging)
   for name in ("features.json", "dataset_info.json"):
-    os.replace(staging / name, output / name)
+    tfrecord.replace(staging / name, output / name)
 
 
-def write_build_info(output: pathlib.Path, info: dict) -> None:
+def write_build_info(output: str | os.PathLike, info: dict) -> None:
   """`build_info.json` (sorted keys, so an identical build gives identical bytes)."""
-  atomic_write(output / features.BUILD_INFO_FILE,
+  atomic_write(tfrecord.output_path(output) / features.BUILD_INFO_FILE,
                json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -7,10 +7,15 @@ the reader parses it), writing a TFRecord file and the shard's manifest rows.
 
 Completion protocol (what makes reruns resumable and interruptions harmless):
 
-1. examples go to `<shard>.tmp-<pid>`, manifest rows to `_build/manifest/<part>.csv.tmp-<pid>`;
+1. examples go to `<shard>.tmp-<pid>`, manifest rows to memory;
 2. the shard file is fsynced and renamed to its final name;
-3. the manifest part is renamed last. A shard is complete iff its manifest part exists (and
-   its file does); a crash between 2 and 3 only means the shard is converted again.
+3. the manifest part `_build/manifest/<part>.csv` is written last (`tfrecord.write_atomic`).
+   A shard is complete iff its manifest part exists (and its file does); a crash between 2
+   and 3 only means the shard is converted again.
+
+On object storage (`--output=gs://...`) the shard is written straight to its final name in
+step 1 and is there once step 2 closes it (`tfrecord` says what that relies on); step 3 is
+unchanged, so a shard cut short is still converted again.
 
 No record can crash a shard: any exception while converting a record becomes a `rejected`
 manifest row with the exception as the reason. TensorFlow is imported only inside the worker
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import pathlib
 import re
@@ -74,12 +80,14 @@ class ShardTask:
     return f"{self.split}-{self.index:05d}-of-{self.num_shards:05d}.csv"
 
 
-def part_path(output: str | os.PathLike, task: ShardTask) -> pathlib.Path:
-  return pathlib.Path(output) / BUILD_DIR / PARTS_DIR / task.part_name
+def part_path(output: str | os.PathLike, task: ShardTask):
+  """The manifest part of `task` (a `pathlib.Path`, or an `epath.Path` for a URL)."""
+  return tfrecord.output_path(output) / BUILD_DIR / PARTS_DIR / task.part_name
 
 
 def is_complete(output: str | os.PathLike, task: ShardTask) -> bool:
-  return part_path(output, task).is_file() and (pathlib.Path(output) / task.filename).is_file()
+  shard = tfrecord.output_path(output) / task.filename
+  return part_path(output, task).is_file() and shard.is_file()
 
 
 class _State:
@@ -166,21 +174,20 @@ def convert_shard(task: ShardTask) -> dict[str, int]:
   if _STATE is None:
     raise RuntimeError("init_worker was not called in this process")
   start = time.perf_counter()
-  out = pathlib.Path(_STATE.spec.output)
+  out = tfrecord.output_path(_STATE.spec.output)
   part = part_path(out, task)
   part.parent.mkdir(parents=True, exist_ok=True)
-  part_tmp = part.with_name(f"{part.name}.tmp-{os.getpid()}")
+  text = io.StringIO(newline="")
+  rows = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS)
+  rows.writeheader()
   with tfrecord.AtomicShardWriter(out / task.filename) as writer:
-    with open(part_tmp, "w", newline="", encoding="utf-8") as f:
-      rows = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-      rows.writeheader()
-      for ref in task.refs:
-        data, row = convert_record(_STATE, ref)
-        if data is not None:
-          writer.write(data)
-        row.update(split=task.split, shard=task.index)
-        rows.writerow(row)
+    for ref in task.refs:
+      data, row = convert_record(_STATE, ref)
+      if data is not None:
+        writer.write(data)
+      row.update(split=task.split, shard=task.index)
+      rows.writerow(row)
     writer.commit()
-  os.replace(part_tmp, part)
+  tfrecord.write_atomic(part, text.getvalue())
   return {"records": len(task.refs), "written": writer.num_records, "bytes": writer.num_bytes,
           "seconds": time.perf_counter() - start}

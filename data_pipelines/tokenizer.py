@@ -35,6 +35,7 @@ from collections.abc import Iterable
 import numpy as np
 import sentencepiece as spm
 from absl import logging
+from etils import epath
 
 from cgdmer_jax.data import features
 from data_pipelines import wordpiece
@@ -95,9 +96,9 @@ def from_bytes(data: bytes):
 
 
 def load(path: str | os.PathLike):
-  """`from_bytes` of a file (a dataset's, a workdir's or an export's tokenizer)."""
-  with open(path, "rb") as f:
-    return from_bytes(f.read())
+  """`from_bytes` of a file (a dataset's, a workdir's or an export's tokenizer), local or a
+  URL (`gs://...`, read through epath)."""
+  return from_bytes(epath.Path(path).read_bytes())
 
 
 class Tokenizer:
@@ -122,8 +123,8 @@ class Tokenizer:
 
   @classmethod
   def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
-    with open(path, "rb") as f:
-      return cls(f.read())
+    """The model stored at `path`, local or a URL (read through epath)."""
+    return cls(epath.Path(path).read_bytes())
 
   @property
   def vocab_size(self) -> int:

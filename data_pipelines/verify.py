@@ -2,6 +2,7 @@ r"""Checks a converted dataset end to end: every shard read, every record parsed
 
 Usage:
   python -m data_pipelines.verify --data_dir=/data/mimic_500
+  python -m data_pipelines.verify --data_dir=gs://bucket/mimic_500
 
 Meant for before a long job and after copying a dataset to a cluster. For every shard listed
 in the TFDS metadata it reads every record through TensorFlow's record reader (length and data
@@ -9,6 +10,10 @@ CRC32C), parses it against the record schema as the trainer does (`reader.unpars
 compares the records found with the shard length of the TFDS metadata and with the `written`
 rows of manifest.csv; the per-split totals are compared with build_info.json. Every problem is
 printed with its file (and byte offset for a damaged record).
+
+On object storage (a `gs://` URL) the shards are read through `tf.data.TFRecordDataset`: the
+same checks, but TensorFlow cannot read past a damaged record, so a shard's scan stops at its
+first damage (named with its offset); a local copy is scanned past it.
 
 A damaged shard is rebuilt by deleting it and rerunning the same `data_pipelines.build`
 command: only missing shards are converted again, byte-identical.
@@ -21,8 +26,8 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import os
-import pathlib
 import sys
 
 from absl import flags
@@ -31,14 +36,17 @@ from absl import logging
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf
 import tqdm
 
 from cgdmer_jax import cli
 from cgdmer_jax.data import features
 from cgdmer_jax.data import reader
 from cgdmer_jax.data import shard_scan
+from data_pipelines import tfrecord
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "The --output folder of data_pipelines.build.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "The --output folder (or gs:// URL) of data_pipelines.build.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 _PARSE_BATCH = 256
@@ -65,16 +73,35 @@ class Report:
                      [f"  {p}" for p in self.problems])
 
 
-def _manifest_counts(data_dir: pathlib.Path) -> dict[tuple[str, int], int] | None:
+def _manifest_counts(data_dir) -> dict[tuple[str, int], int] | None:
   path = data_dir / features.MANIFEST_FILE
   if not path.is_file():
     return None
   out = collections.Counter()
-  with open(path, newline="", encoding="utf-8") as f:
-    for row in csv.DictReader(f):
-      if row["status"] == "written":
-        out[(row["split"], int(row["shard"]))] += 1
+  text = path.read_bytes().decode("utf-8")
+  for row in csv.DictReader(io.StringIO(text, newline="")):
+    if row["status"] == "written":
+      out[(row["split"], int(row["shard"]))] += 1
   return out
+
+
+def _stream_records(path: str, on_damage):
+  """The records of a shard on object storage, up to its first damage (`tf.data` cannot go on
+  past it; `shard_scan.records` needs a local file)."""
+  it = iter(tf.data.TFRecordDataset(path))
+  while True:
+    try:
+      record = next(it)
+    except StopIteration:
+      return
+    except tf.errors.DataLossError as e:
+      reason = (getattr(e, "message", str(e)).split(" [Op:")[0] + "; the records after it "
+                "are not read on object storage: copy the shard to a local disk to scan past it")
+      offset = shard_scan.error_offset(reason)
+      on_damage(f"{path} ({reason})" if offset is None else
+                shard_scan.Damage(path, offset, reason))
+      return
+    yield record.numpy()
 
 
 def _read_shard(info, path: str, problems: list[str]) -> int:
@@ -88,7 +115,8 @@ def _read_shard(info, path: str, problems: list[str]) -> int:
     good += len(batch)
     batch.clear()
 
-  for record in shard_scan.records(path, lambda d: problems.append(f"damaged record: {d}")):
+  scan = _stream_records if tfrecord.is_object_storage(path) else shard_scan.records
+  for record in scan(path, lambda d: problems.append(f"damaged record: {d}")):
     batch.append(record)
     if len(batch) == _PARSE_BATCH:
       flush()
@@ -110,12 +138,13 @@ def verify(data_dir: str | os.PathLike, progress: bool = False) -> Report:
     FileNotFoundError: the folder is not a finished converted dataset.
   """
   info = reader.load_info(data_dir)
-  root = pathlib.Path(data_dir)
+  root = tfrecord.output_path(data_dir)
   manifest = _manifest_counts(root)
   problems = [] if manifest is not None else [f"{root / features.MANIFEST_FILE} is missing"]
   files = [(split, index, path) for split, paths in info.shard_files.items()
            for index, path in enumerate(paths)]
-  sizes = {path: os.path.getsize(path) for _, _, path in files if os.path.isfile(path)}
+  sizes = {path: tfrecord.size(path) for _, _, path in files
+           if tfrecord.output_path(path).is_file()}
   bar = tqdm.tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, disable=not progress,
                   desc=f"verify {root.name}")
   records = 0

@@ -18,6 +18,10 @@
 5. **Metadata** (`metadata`): manifest.csv, TFDS dataset_info.json/features.json,
    build_info.json last.
 
+Output: a local folder or an object-storage URL (`gs://bucket/...`): every output file goes
+through `tfrecord` (pathlib locally, etils.epath for a URL; what is atomic where is said
+there). The input is a local folder.
+
 Memory: only the listing (record ids, patients, reports: ~200 bytes a record, ~160 MB for
 800k records) is held; signals live in one worker at a time, one record at a time.
 """
@@ -32,7 +36,6 @@ import math
 import multiprocessing
 import os
 import pathlib
-import shutil
 import sys
 import time
 from concurrent import futures
@@ -48,6 +51,7 @@ from data_pipelines import shard_worker
 from data_pipelines import signal as signal_lib
 from data_pipelines import sources
 from data_pipelines import splits as splits_lib
+from data_pipelines import tfrecord
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import wordpiece
 
@@ -160,14 +164,14 @@ _OURS = ("dataset_info.json", "features.json", features.BUILD_INFO_FILE,
          features.MANIFEST_FILE, features.TOKENIZER_FILE, wordpiece.FILE)
 
 
-def _our_files(out: pathlib.Path):
+def _our_files(out):
   for p in out.iterdir():
     if (p.name in _OURS or p.name.startswith(f"{features.DATASET_NAME}-")
         or ".tmp-" in p.name):
       yield p
 
 
-def _prepare_output(config: BuildConfig, out: pathlib.Path, fingerprint: dict) -> None:
+def _prepare_output(config: BuildConfig, out, fingerprint: dict) -> None:
   """Checks the output folder against the plan; clears what must be rebuilt."""
   state = out / shard_worker.BUILD_DIR / "plan.json"
   if out.exists() and any(out.iterdir()):
@@ -188,27 +192,26 @@ def _prepare_output(config: BuildConfig, out: pathlib.Path, fingerprint: dict) -
     if old != fingerprint:
       for p in _our_files(out):
         p.unlink()
-      shutil.rmtree(out / shard_worker.BUILD_DIR, ignore_errors=True)
+      tfrecord.rmtree(out / shard_worker.BUILD_DIR)
   out.mkdir(parents=True, exist_ok=True)
   # Metadata marks a finished dataset: it goes until this run has finished too.
   for name in ("dataset_info.json", "features.json", features.BUILD_INFO_FILE,
                features.MANIFEST_FILE):
     (out / name).unlink(missing_ok=True)
-  for p in list(out.glob("*.tmp-*")) + list((out / shard_worker.BUILD_DIR).glob("**/*.tmp-*")):
+  for p in list(out.glob("*.tmp-*")) + tfrecord.find(out / shard_worker.BUILD_DIR, "*.tmp-*"):
     p.unlink()
   (out / shard_worker.BUILD_DIR).mkdir(exist_ok=True)
   metadata.atomic_write(state, json.dumps(fingerprint, indent=1, sort_keys=True))
 
 
-def _tokenizer(config: BuildConfig, out: pathlib.Path, tasks, source) -> tuple[bytes | None,
-                                                                              str | None]:
+def _tokenizer(config: BuildConfig, out, tasks, source) -> tuple[bytes | None, str | None]:
   """(model bytes or None, corpus digest) per stage 2 of the module docstring."""
   corpus = [r.report for t in tasks if t.split == "train" for r in t.refs if r.report]
   corpus_sha = _sha("\n".join(sorted(corpus)))
   if config.tokenizer and config.tokenizer.startswith(wordpiece.PREFIX):
     return wordpiece.from_folder(config.tokenizer[len(wordpiece.PREFIX):]).to_bytes(), corpus_sha
   if config.tokenizer:
-    proto = pathlib.Path(config.tokenizer).read_bytes()
+    proto = tfrecord.output_path(config.tokenizer).read_bytes()  # a local file or a URL
     tokenizer_lib.from_bytes(proto)  # fails now, with the reason, if the special ids differ
     return proto, corpus_sha
   if not corpus:
@@ -261,7 +264,7 @@ def _run_local(config: BuildConfig, spec: shard_worker.WorkerSpec, pending
   workers = config.workers or len(os.sched_getaffinity(0))
   total = sum(len(t.refs) for t in pending)
   bar = tqdm.tqdm(total=total, unit="rec", disable=not config.progress or not pending,
-                  desc=f"{config.source} -> {pathlib.Path(config.output).name}")
+                  desc=f"{config.source} -> {tfrecord.output_path(config.output).name}")
   done, busy = 0, 0.0
   try:
     if workers <= 1 or len(pending) <= 1:
@@ -327,7 +330,7 @@ def build(config: BuildConfig) -> Summary:
   dupes = [a.record for a, b in zip(refs, refs[1:]) if a.record == b.record]
   if dupes:
     raise ValueError(f"duplicate record ids in the listing, e.g. {dupes[:3]}")
-  out = pathlib.Path(config.output)
+  out = tfrecord.output_path(config.output)
   tasks = plan(config, refs)
   mark = time.perf_counter()
   proto, corpus_sha = _tokenizer(config, out, tasks, source)
