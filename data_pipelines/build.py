@@ -23,7 +23,10 @@ build without --overwrite, --runner=beam without Apache Beam installed).
 
 from __future__ import annotations
 
+import collections
+import csv
 import errno
+import io
 import os
 import sys
 
@@ -117,10 +120,37 @@ def config_from_flags() -> write.BuildConfig:
       beam_options=_BEAM_OPTIONS.value)
 
 
+def input_rates(output: str) -> collections.Counter:
+  """{input sampling rate: records written} from the output's manifest.csv."""
+  rates: collections.Counter = collections.Counter()
+  text = (epath.Path(output) / "manifest.csv").read_text()
+  for row in csv.DictReader(io.StringIO(text)):
+    if row["status"] == "written" and row.get("fs_in"):
+      rates[float(row["fs_in"])] += 1
+  return rates
+
+
+def _rates_report(config: write.BuildConfig) -> list[str]:
+  """The input rates seen, and a warning for every rate below the target (upsampled)."""
+  rates = input_rates(config.output)
+  lines = ["input sampling rates: " + ", ".join(
+      f"{r:g} Hz ({n} records)" for r, n in sorted(rates.items()))]
+  up = {r: n for r, n in rates.items() if r < config.signal.fs}
+  if up:
+    hint = (" PTB-XL's 500 Hz records are read with --ptbxl_hr." if config.source == "ptbxl"
+            and not config.ptbxl_hr else "")
+    lines.append(f"warning: {sum(up.values())} records were upsampled to {config.signal.fs:g} Hz "
+                 f"from {', '.join(f'{r:g}' for r in sorted(up))} Hz: the added samples hold no "
+                 f"information the records did not have.{hint}")
+  return lines
+
+
 def main(argv) -> int:
-  if len(argv) > 1:
-    print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
-    return 2
+  del argv
+  if _FS.value <= 0:
+    raise cli.UsageError(f"--fs must be a positive sampling rate in Hz, got {_FS.value}")
+  if _SECONDS.value <= 0:
+    raise cli.UsageError(f"--seconds must be positive, got {_SECONDS.value}")
   config = config_from_flags()
   if config.tokenizer and config.tokenizer.startswith(wordpiece.PREFIX):
     folder = config.tokenizer[len(wordpiece.PREFIX):]
@@ -129,46 +159,28 @@ def main(argv) -> int:
         raise FileNotFoundError(f"{folder} is not a folder")
       wordpiece.from_folder(folder)
     except (FileNotFoundError, ValueError) as e:
-      print(f"error: --tokenizer {config.tokenizer}: {e}", file=sys.stderr)
-      return 2
+      return cli.fail(f"--tokenizer {config.tokenizer}: {e}", cli.USAGE)
   elif config.tokenizer and not epath.Path(config.tokenizer).is_file():
-    print(f"error: --tokenizer {config.tokenizer} is not a file", file=sys.stderr)
-    return 2
+    return cli.fail(f"--tokenizer {config.tokenizer} is not a file", cli.USAGE)
   try:
     summary = write.build(config)
-  except (sources.LayoutError, FileExistsError, beam_runner.BeamNotInstalledError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (sources.LayoutError, FileExistsError, ValueError,
+          beam_runner.BeamNotInstalledError) as e:
+    return cli.fail(str(e), cli.USAGE)
   except (RuntimeError, OSError) as e:
     # The message says what happened; the traceback only with -v=1.
     logging.debug("conversion failed", exc_info=True)
     hint = ("free space on the output disk, then " if getattr(e, "errno", None) ==
             errno.ENOSPC else "")
-    print(f"error: conversion failed: {e}\n{hint}rerun the same command to resume: completed "
-          "shards are kept", file=sys.stderr)
-    return 1
+    return cli.fail(f"conversion failed: {e}; {hint}rerun the same command to resume: "
+                    "completed shards are kept")
   print(summary.format())
-  return 0
-
-
-_HELP = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?")
-
-
-def _parse_flags(argv):
-  """absl's parsing with this tool's statuses: help 0, bad or missing flag 2 (absl: 1, 1)."""
-  try:
-    return flags.FLAGS(argv)
-  except SystemExit:
-    if any(a.split("=")[0] in _HELP for a in argv[1:]):
-      sys.exit(0)
-    raise
-  except flags.Error as e:
-    print(f"FATAL Flags parsing error: {e}\nPass --help to see help on flags.",
-          file=sys.stderr)
-    sys.exit(2)
+  if summary.counts["written"] == 0:
+    return cli.fail(f"nothing was written: {summary.counts['listed']} records listed under "
+                    f"{config.input}, none converted (the reasons are above)")
+  for line in _rates_report(config):
+    print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+  return cli.OK
 
 
 if __name__ == "__main__":

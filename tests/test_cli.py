@@ -110,3 +110,37 @@ def test_evaluation_data_root_one_level_too_deep_names_its_parent(tmp_path):
   with pytest.raises(FileNotFoundError, match="is the ptbxl folder; --data_root is its parent"):
     runner.evaluate_models([str(tmp_path / "run")], task_names=["ptbxl_super"],
                            fractions=[1.0], data_root=str(tmp_path / "ptbxl"))
+
+
+def _build(tmp_path, *args):
+  return subprocess.run([sys.executable, "-m", "data_pipelines.build", *args], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_build_refuses_a_nonpositive_rate(tmp_path):
+  res = _build(tmp_path, "--source=ptbxl", f"--input={REPO}/tests/data/ptbxl",
+               f"--output={tmp_path}/out", "--fs=0")
+  assert res.returncode == cli.USAGE and _error_lines(res.stderr) == [
+      "error: --fs must be a positive sampling rate in Hz, got 0"], res.stderr[-2000:]
+  assert not (tmp_path / "out").exists()
+
+
+def test_build_says_when_it_upsamples_and_fails_when_nothing_is_written(tmp_path):
+  res = _build(tmp_path, "--source=ptbxl", f"--input={REPO}/tests/data/ptbxl",
+               f"--output={tmp_path}/up", "--fs=500", "--workers=1", "--noprogress")
+  assert res.returncode == cli.OK, res.stderr[-2000:]
+  assert "input sampling rates: 100 Hz (240 records)" in res.stdout
+  assert "warning: 240 records were upsampled to 500 Hz from 100 Hz" in res.stderr
+  assert "--ptbxl_hr" in res.stderr
+  # A folder whose only record cannot be read: listed, rejected, nothing written.
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  src = REPO / "tests" / "data" / "ptbxl" / "records100" / "00000"
+  hea = sorted(src.glob("*.hea"))[0]
+  (bad / hea.name).write_text(hea.read_text())
+  (bad / hea.with_suffix(".dat").name).write_bytes(b"\0" * 10)  # cut short
+  res = _build(tmp_path, "--source=wfdb_dir", f"--input={bad}", f"--output={tmp_path}/none",
+               "--fs=100", "--workers=1", "--noprogress", "--split=hash")
+  lines = _error_lines(res.stderr)
+  assert res.returncode == cli.ERROR and len(lines) == 1, res.stderr[-2000:]
+  assert lines[0].startswith("error: nothing was written: 1 records listed")

@@ -9,7 +9,7 @@ split (the same as concatenating them); given, they are normalised to sum to 1.
 Every dataset must hold the same record schema (samples per lead, stored report length) and
 every dataset with reports the same tokenizer (compared byte for byte): build the others with
 `data_pipelines.build --tokenizer=<primary>/<its tokenizer file>` so one vocabulary covers them
-all. Datasets without reports (CODE-15, CPSC, Chapman... as converted ECG-only sources) feed
+all. Datasets without reports (CinC 2020/2021, CPSC, Chapman... converted ECG-only) feed
 only the ECG terms: their rows carry `has_report` False, which the masked-report, SigLIP and
 report-side disentanglement terms exclude.
 
