@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from cgdmer_jax import cli
 from tests import conftest
 
 REPO = conftest.REPO
@@ -94,7 +95,7 @@ def test_sigterm_saves_current_step_and_sigkill_resumes_last_interval(tmp_path, 
   _wait_for(lambda: max(_logged_steps(workdir), default=0) >= 7, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == cli.RESUBMIT, out[-3000:]  # stopped early: rerun to continue
   assert "preempted: checkpoint saved at step" in out
   stopped = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))
   assert stopped >= 7 and max(_checkpoints(workdir)) == stopped
@@ -115,5 +116,5 @@ def test_sigterm_saves_current_step_and_sigkill_resumes_last_interval(tmp_path, 
   # After SIGKILL the next start resumes from the last complete interval checkpoint.
   out = subprocess.run(_main_cmd("pre", ptbxl_tfrecords, *common, "--config.steps_per_run=1"),
                        cwd=tmp_path, env=_env(8), capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert out.returncode == cli.RESUBMIT, out.stdout[-2000:] + out.stderr[-2000:]
   assert f"starting at step {last} (workdir)" in out.stdout + out.stderr

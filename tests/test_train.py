@@ -80,7 +80,9 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   (workdir / "config.json").write_text(json.dumps(saved))
   with pytest.raises(checks.ConfigError) as e:
     loop.train_and_evaluate(tiny_config(ptbxl_tfrecords), str(workdir))
-  assert "model.patch_norm: the run has (absent" in str(e.value)
+  # Absent from that run's config: upgraded to what such runs were built with (no patch norm).
+  assert "model.patch_norm: the run has False, this config True" in str(e.value)
+  assert "--config.model.patch_norm=False" in str(e.value)
   assert "--config.model.ecg_depth=2" in str(e.value)
   assert json.loads((workdir / "config.json").read_text()) == saved
   # A run trained on z-scored input is not resumed on millivolts.

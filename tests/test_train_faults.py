@@ -39,8 +39,8 @@ def _steps(workdir, folder="checkpoints"):
 def test_damaged_shard_saves_state_and_skip_counts_records(ptbxl_tfrecords, tmp_path):
   data = tmp_path / "data"
   shutil.copytree(ptbxl_tfrecords, data)
-  shard = data / "cgdmer_ecg-loop.tfrecord-00001-of-00004"
-  offsets = [damage(shard, 40), damage(data / "cgdmer_ecg-loop.tfrecord-00003-of-00004", 44)]
+  shard = data / "cgdmer_ecg-train.tfrecord-00001-of-00004"
+  offsets = [damage(shard, 40), damage(data / "cgdmer_ecg-train.tfrecord-00003-of-00004", 44)]
   workdir = tmp_path / "run"
   config = tiny_config(data)  # checkpoints every 20 steps: none before the damage is met
   with pytest.raises(shard_scan.DamagedShardError) as e:
