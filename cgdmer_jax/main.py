@@ -22,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from cgdmer_jax import cli
+from data_pipelines import tensorflow_quiet
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py:size=tiny; override any field with "
@@ -61,6 +62,7 @@ def main(argv) -> int:
   del argv
   # TensorFlow is only the input pipeline: keep it off the accelerators.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  tensorflow_quiet.load()  # before anything else imports it: no start-up banner
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # JAX and everything that imports it come after the environment above is set.
   import jax

@@ -34,6 +34,7 @@ from cgdmer_jax import cli
 from cgdmer_jax import export
 from cgdmer_jax.evaluators import report
 from data_pipelines import signal
+from data_pipelines import tensorflow_quiet
 from data_pipelines import write
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so the modules that import JAX (trainer,
@@ -151,6 +152,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
 def main(argv) -> int:
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  tensorflow_quiet.load()  # before anything else imports it: no start-up banner
   logging.set_verbosity(logging.WARNING)
   from cgdmer_jax.evaluators import runner
   from configs import pretrain

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from cgdmer_jax.data import features
 from data_pipelines import shard_worker
+from data_pipelines import tensorflow_quiet
 from data_pipelines import tfrecord
 
 # TensorFlow Datasets is imported inside `write_tfds_metadata`: the converter's process loads
@@ -101,6 +102,7 @@ def write_tfds_metadata(output: str | os.PathLike, tasks: Sequence[shard_worker.
                         rows: Sequence[dict], num_samples: int, max_report_len: int,
                         description: str) -> None:
   """`dataset_info.json` + `features.json` with per-split shard lengths and sizes."""
+  tensorflow_quiet.load()  # TensorFlow is loaded here, after the workers forked
   import tensorflow_datasets as tfds
   output = tfrecord.output_path(output)
   written = collections.Counter((r["split"], int(r["shard"])) for r in rows

@@ -40,6 +40,7 @@ import numpy as np
 from cgdmer_jax.data import features
 from data_pipelines import signal as signal_lib
 from data_pipelines import sources
+from data_pipelines import tensorflow_quiet
 from data_pipelines import tfrecord
 from data_pipelines import tokenizer as tokenizer_lib
 
@@ -96,7 +97,7 @@ class _State:
   def __init__(self, spec: WorkerSpec):
     # Imported for the side effect of loading it: TensorFlow's ~3 s import is paid here, once
     # per worker, not inside the first shard.
-    import tensorflow  # noqa: F401
+    tensorflow_quiet.load()
     from tensorflow_datasets.core import example_serializer
     self.spec = spec
     self.source = sources.get_source(spec.source, spec.input, **spec.source_options)

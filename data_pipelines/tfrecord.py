@@ -39,6 +39,8 @@ import shutil
 
 from etils import epath
 
+from data_pipelines import tensorflow_quiet
+
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -125,7 +127,7 @@ class AtomicShardWriter:
     self.path = os.fspath(path)
     self._direct = is_object_storage(self.path)
     self.tmp_path = self.path if self._direct else f"{self.path}.tmp-{os.getpid()}"
-    import tensorflow as tf
+    tf = tensorflow_quiet.load()
     self._writer = tf.io.TFRecordWriter(self.tmp_path)
     self._tf_error = tf.errors.OpError
     self._open = True

@@ -36,7 +36,10 @@ from absl import logging
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf
+from data_pipelines import tensorflow_quiet  # first: TF is loaded quietly
+
+tf = tensorflow_quiet.load()
+
 import tqdm
 
 from cgdmer_jax import cli

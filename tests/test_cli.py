@@ -82,6 +82,7 @@ def test_training_usage_errors_name_the_fix(tmp_path, args, expect):
   assert res.returncode == cli.USAGE, res.stderr[-2000:]
   assert len(lines) == 1 and expect in lines[0], lines
   assert "Traceback" not in res.stderr
+  assert "oneDNN" not in res.stderr and "InitializeLog" not in res.stderr  # no TF banner
 
 
 def test_close_matches_for_a_misspelt_key():
@@ -132,6 +133,7 @@ def test_build_says_when_it_upsamples_and_fails_when_nothing_is_written(tmp_path
   assert "input sampling rates: 100 Hz (240 records)" in res.stdout
   assert "warning: 240 records were upsampled to 500 Hz from 100 Hz" in res.stderr
   assert "--ptbxl_hr" in res.stderr
+  assert "oneDNN" not in res.stderr  # TensorFlow's banner, in the command or its workers
   # A folder whose only record cannot be read: listed, rejected, nothing written.
   bad = tmp_path / "bad"
   bad.mkdir()

@@ -4,7 +4,8 @@
 (12 x N float, millivolts, 500 Hz, lead order I, II, III, aVR, aVL, aVF, V1-V6; the order is
 fixed by the challenge, the file names no leads). Every `.mat` without a `.hea` beside it is
 a record (a `.mat` with a header is a WFDB signal file, read by the `cinc` source). loadmat
-parses MAT v5 data only; it never unpickles or runs code.
+parses MAT v5 data only; it never unpickles or runs code. `data` must be a real numeric
+12 x N matrix (a complex, text or cell `data` is rejected naming its type, never cast).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ class CpscMat(Source):
     names = struct.dtype.names or ()
     if "data" not in names:
       raise Rejected("the 'ECG' struct has no 'data' field")
-    data = np.asarray(struct["data"], dtype=np.float64)
+    data = np.asarray(struct["data"])
+    if data.dtype.kind not in "iuf":  # complex, text, cells...: no real millivolts
+      raise Rejected(f"'ECG.data' holds {data.dtype} values, expected real numbers")
     if data.ndim != 2 or data.shape[0] != features.NUM_LEADS:
       raise Rejected(f"'ECG.data' has shape {data.shape}, expected (12, N)")
+    data = data.astype(np.float64)
     meta = {"sex": str(_scalar(struct["sex"])) if "sex" in names else "",
             "age": None}
     if "age" in names:

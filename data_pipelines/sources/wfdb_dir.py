@@ -4,7 +4,9 @@ A record is a `.hea` file, except the segment headers of a multi-segment record 
 on the lines of a `name/num_segments` header, including a variable layout's `_layout`
 header): the multi-segment record is read as one record by `wfdb.rdrecord`. Header comments
 go into meta['comments']. No patient ids: every record is its own patient. Headers wfdb
-cannot parse are listed and then rejected with wfdb's error as the reason. Only the first
+cannot parse are listed and then rejected with wfdb's error as the reason; so are headers
+with a field that does not parse strictly or signal files that do not match their header
+(`wfdb_io.check_header`, every segment of a multi-segment record included). Only the first
 `seconds` (the converter's window) of a record are read: such folders hold hours-long
 Holter and ICU recordings.
 """
