@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from cgdmer_jax import cli
+from cgdmer_jax import export
 from cgdmer_jax import inference
 from cgdmer_jax.evaluators import runner
 
@@ -146,3 +147,21 @@ def test_build_says_when_it_upsamples_and_fails_when_nothing_is_written(tmp_path
   lines = _error_lines(res.stderr)
   assert res.returncode == cli.ERROR and len(lines) == 1, res.stderr[-2000:]
   assert lines[0].startswith("error: nothing was written: 1 records listed")
+
+
+def test_export_overwrite_deletes_an_export_only(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(
+      (REPO / "tests" / "data" / "legacy_workdir" / "config.json").read_text())
+  mine = tmp_path / "my_folder"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  with pytest.raises(FileExistsError, match="is not empty; pass --overwrite"):
+    export.export_model(run, mine)
+  with pytest.raises(FileExistsError, match="replaces an export only; .* nothing in it was "
+                                            "deleted"):
+    export.export_model(run, mine, overwrite=True)
+  assert (mine / "notes.txt").read_text() == "keep me"
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    export.export_model(tmp_path / "no_run", tmp_path / "out")
