@@ -29,6 +29,7 @@ import time
 
 from absl import flags
 from absl import logging
+from etils import epath
 
 from cgdmer_jax import cli
 from cgdmer_jax import export
@@ -57,7 +58,7 @@ TASKS = ("ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "
 OPTIONAL_TASKS = ("cpsc2018", "csn")  # evaluated when the sample has the folder of that name
 
 
-def headline(eval_dir: pathlib.Path) -> str:
+def headline(eval_dir: epath.Path) -> str:
   """The headline cells of an evaluation folder: pretrained, random init, paired difference."""
   rows = {r["model"]: r for r in json.loads((eval_dir / "summary.json").read_text())}
   diffs = json.loads((eval_dir / "comparisons.json").read_text())
@@ -95,7 +96,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   from cgdmer_jax.evaluators import runner
   from cgdmer_jax.train import loop
 
-  workdir, sample = pathlib.Path(workdir), pathlib.Path(sample)
+  workdir, sample = epath.Path(workdir), pathlib.Path(sample)  # the sample is a local folder
   if not (sample / "ptbxl" / "ptbxl_database.csv").is_file():
     raise FileNotFoundError(f"{sample} does not hold the embedded sample (ptbxl/...)")
   t0 = time.perf_counter()
@@ -138,7 +139,7 @@ def run(workdir: str | os.PathLike, sample: str | os.PathLike, config, *, steps:
   print("Headline, with 95 % bootstrap intervals:\n")
   print(headline(eval_dir))
   print(report.markdown(results))
-  plots = sorted(str(p) for p in eval_dir.rglob("*.png"))
+  plots = sorted(str(p) for p in eval_dir.glob("*/plots/*.png"))
   print(f"results: {eval_dir}/summary.md and {eval_dir}/<model>/results.json")
   print(f"plots:   {len(plots)} PNG files under {eval_dir}/<model>/plots/")
   records = sample / "csn" if (sample / "csn").is_dir() else sample / "ptbxl" / "records100"
