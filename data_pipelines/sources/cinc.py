@@ -5,7 +5,7 @@ e.g. CinC 2021 `training/<database>/g1/A0001.{hea,mat}`, or a flat folder of the
 header comments `#Age`, `#Sex`, `#Dx` (comma-separated SNOMED-CT codes; blank in some copies)
 go into meta as 'age', 'sex', 'dx'. `#Dx` are labels, not reports: the report is ''.
 The `.mat` must hold the 'val' matrix its header declares (type, signals x samples, byte
-offset; `wfdb_io.check_signal_files`), else the record is rejected naming the mismatch.
+offset; `wfdb_files.check_signal_files`), else the record is rejected naming the mismatch.
 
 `ecg_arrhythmia`: Chapman-Shaoxing-Ningbo as released on PhysioNet
 (`WFDBRecords/NN/NNN/JSnnnnn.{hea,mat}`, same header comments); only the records under

@@ -6,7 +6,7 @@ header): the multi-segment record is read as one record by `wfdb.rdrecord`. Head
 go into meta['comments']. No patient ids: every record is its own patient. Headers wfdb
 cannot parse are listed and then rejected with wfdb's error as the reason; so are headers
 with a field that does not parse strictly or signal files that do not match their header
-(`wfdb_io.check_header`, every segment of a multi-segment record included). Only the first
+(`wfdb_checks.check_header`, every segment of a multi-segment record included). Only the first
 `seconds` (the converter's window) of a record are read: such folders hold hours-long
 Holter and ICU recordings.
 """
