@@ -2,6 +2,7 @@
 resume, the same bits from another process."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -101,8 +102,9 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   (workdir / "config.json").write_text(json.dumps(saved))
   checks.check_resume(runtime, workdir)
 
-def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords):
+def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords, caplog):
   assert jax.device_count() == 8
+  caplog.set_level(logging.INFO)
   workdir = tmp_path / "run"
   config = tiny_config(ptbxl_tfrecords, eval_every_steps=40,
                        **{"best.zero_shot_task": "ptbxl_super",
@@ -132,6 +134,9 @@ def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords
   # The val masked-ECG loss split by the masking step that hid each patch.
   for kind in ("random", "lead", "time"):
     assert np.isfinite(out[f"val/ecg_mse/{kind}"]) and out[f"val/ecg_mse/{kind}"] > 0, kind
+  # One console line per validation: the val losses and the model-selection AUC.
+  (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 40: val")]
+  assert "val loss" in line and "ecg " in line and "val zero-shot AUC" in line, line
   # Zero-shot model selection on the val split kept the best parameters.
   assert 0.0 <= out["val/zero_shot_auc"] <= 1.0
   # Orbax keeps one step under best/ (its best_fn on the score), with params and meta.

@@ -214,17 +214,6 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 # The loop.
 
 
-def val_line(step: int, val: dict[str, float]) -> str:
-  """The console line of one validation: the val losses and, when set, the model selection."""
-  terms = " ".join(f"{k.removeprefix('val/loss/')} {v:.4f}" for k, v in sorted(val.items())
-                   if k.startswith("val/loss/"))
-  line = f"step {step}: val loss {val.get('val/loss', float('nan')):.4f}"
-  line += f" ({terms})" if terms else ""
-  if "val/zero_shot_auc" in val:
-    line += f"; val zero-shot AUC {val['val/zero_shot_auc']:.4f}"
-  return line
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        make_scorer: ScorerFactory | None = None) -> dict[str, float]:
   """Pretrains per `config`, checkpointing to `workdir`; resumes whatever is there.
@@ -372,7 +361,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path, info,
           writer.write(step, val)
           last_logged.update(val)
           if jax.process_index() == 0:
-            logging.info("%s", val_line(step, val))
+            logging.info("%s", metrics_lib.val_line(step, val))
         if watcher.reached(step) and step < config.total_steps:
           save(step, force=True)
           logging.warning("preempted: checkpoint saved at step %d; exiting", step)

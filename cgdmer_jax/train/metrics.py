@@ -110,3 +110,14 @@ class WindowMean:
     out.update(self._once)
     self._sums, self._n, self._once = {}, 0, {}
     return out
+
+
+def val_line(step: int, val: dict[str, float]) -> str:
+  """The console line of one validation: the val losses and, when set, the model selection."""
+  terms = " ".join(f"{k.removeprefix('val/loss/')} {v:.4f}" for k, v in sorted(val.items())
+                   if k.startswith("val/loss/"))
+  line = f"step {step}: val loss {val.get('val/loss', float('nan')):.4f}"
+  line += f" ({terms})" if terms else ""
+  if "val/zero_shot_auc" in val:
+    line += f"; val zero-shot AUC {val['val/zero_shot_auc']:.4f}"
+  return line
