@@ -1,7 +1,7 @@
 r"""Exports a trained model for inference, without the optimizer state or the training code.
 
   python -m cgdmer_jax.export --workdir=RUN --out=EXPORT [--dtype=float32|bfloat16] \
-      [--step=latest|N|best]
+      [--step=latest|N|best] [--hub_dir=DIR] [--format=jax,savedmodel]
 
 The export folder holds:
   params/                   params-only Orbax checkpoint (in --dtype); usable as
@@ -14,7 +14,17 @@ The export folder holds:
                               -> {embedding, shared, specific, probe}
   text_encoder.jax_exported (ids i32[b,L], len i32[b]) -> {embedding, shared, specific}
                             (absent for variants without a report tower)
-  export_info.json          shapes, sampling rate, dtypes, source step, platforms
+  export_info.json          shapes, sampling rate, dtypes, source step, platforms, and the
+                            model card's fields: input contract, outputs, training, the
+                            workdir's evaluation (<workdir>/eval/summary.json), licence, citation
+  MODEL_CARD.md             the model card, rendered from export_info.json
+  savedmodel/               with --format=savedmodel: a TensorFlow SavedModel (jax2tf), signatures
+                            `ecg` (ecg, valid_len, lead_mask) and `text` (ids, len), batch
+                            polymorphic, float32 weights as variables; serves without JAX
+
+With --hub_dir=DIR the same files and README.md (the model card with hub metadata) are also
+written to DIR, a folder ready to upload to a model hub (nothing is uploaded);
+`cgdmer_jax.load(DIR)` reads it.
 
 The serialized functions have a symbolic batch dimension `b`, carry their weights as
 constants, and are lowered for CPU, CUDA and TPU, so `jax.export.deserialize(bytes).call(...)`
@@ -35,6 +45,8 @@ from absl import logging
 from etils import epath
 
 from cgdmer_jax import cli
+from cgdmer_jax import model_card
+from cgdmer_jax import savedmodel
 from cgdmer_jax.data import features
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so JAX and the modules that import it are
@@ -44,7 +56,8 @@ from cgdmer_jax.data import features
 def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
                  dtype: str = "float32", step: int | str | None = None,
                  platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"),
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, hub_dir: str | os.PathLike | None = None,
+                 formats: tuple[str, ...] = ("jax",)) -> dict:
   """Writes the export folder described in the module docstring.
 
   Args:
@@ -53,7 +66,10 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
     dtype: 'float32' or 'bfloat16' (weights stored and used in this dtype).
     step: checkpoint step; None/'latest' for the latest, 'best' for `<workdir>/best`.
     platforms: lowering platforms of the serialized functions.
-    overwrite: replace an existing export.
+    overwrite: replace an existing export (and hub folder).
+    hub_dir: also write a model-hub folder there (`model_card.publish`).
+    formats: 'jax' (always written: `cgdmer_jax.load` reads it) and optionally 'savedmodel'
+      (a TensorFlow SavedModel in `savedmodel/`, through `jax2tf`).
 
   Returns:
     The export_info dict.
@@ -120,6 +136,16 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
         jax.ShapeDtypeStruct((b, L), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
     (out / inference.TEXT_EXPORT).write_bytes(text.serialize())
 
+  unknown = set(formats) - set(savedmodel.FORMATS)
+  if unknown:
+    raise ValueError(f"unknown export formats {sorted(unknown)}: known "
+                     f"{', '.join(savedmodel.FORMATS)}")
+  savedmodel_dir = None
+  if "savedmodel" in formats:
+    savedmodel_dir = savedmodel.write_savedmodel(
+        out / savedmodel.SAVEDMODEL, graphdef, params, config, num_samples=num_samples,
+        has_text=has_text, platforms=tuple(platforms))
+
   tok = inference.tokenizer_of(config, workdir)
   if tok:
     (out / epath.Path(tok).name).write_bytes(epath.Path(tok).read_bytes())
@@ -141,8 +167,17 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
       "ecg_outputs": _signature(ecg),
       "text_outputs": _signature(text) if has_text else None,
       "jax_version": jax.__version__,
+      "formats": {"jax": [inference.ECG_EXPORT] + ([inference.TEXT_EXPORT] if has_text else []),
+                  **({"savedmodel": savedmodel.signatures_info(savedmodel_dir, has_text)}
+                     if savedmodel_dir else {})},
   }
+  info.update(model_card.card_fields(
+      config, workdir, info, ecg_dims=model_card.dims(ecg),
+      text_dims=model_card.dims(text) if has_text else None))
   (out / inference.EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
+  (out / inference.MODEL_CARD).write_text(model_card.model_card(info))
+  if hub_dir is not None:
+    model_card.publish(out, hub_dir, overwrite=overwrite)
   return info
 
 
@@ -164,6 +199,11 @@ def define_flags() -> None:
   flags.DEFINE_string("step", "latest", "Checkpoint: 'latest', a step number, or 'best' "
                       "(the params kept by zero-shot model selection, config.best).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing export in --out.")
+  flags.DEFINE_list("format", ["jax"], "Serving formats: jax (always written; what "
+                    "cgdmer_jax.load reads) and savedmodel (TensorFlow SavedModel in "
+                    "savedmodel/, via jax2tf: signatures ecg and text, any batch size).")
+  flags.DEFINE_string("hub_dir", None, "Also write a model-hub folder (export files + README.md "
+                      "model card) there; no upload.")
   flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                     "Platforms the StableHLO is lowered for.")
   flags.mark_flags_as_required(["workdir", "out"])
@@ -177,11 +217,14 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
   try:
     info = export_model(f.workdir, f.out, dtype=f.dtype, step=f.step,
-                        platforms=tuple(f.platforms), overwrite=f.overwrite)
+                        platforms=tuple(f.platforms), overwrite=f.overwrite,
+                        hub_dir=f.hub_dir, formats=tuple(dict.fromkeys(["jax", *f.format])))
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     return cli.fail(str(e), cli.USAGE)
   print(f"exported step {info['step']} of {f.workdir} to {f.out} "
         f"({info['dtype']}, platforms {', '.join(info['platforms'])})")
+  if f.hub_dir:
+    print(f"hub folder (export + README.md model card): {f.hub_dir}")
   return 0
 
 

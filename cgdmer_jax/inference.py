@@ -11,6 +11,15 @@ Normalisation happens inside `ecg_fn` (as in pretraining), so callers pass milli
 are read by `data_pipelines.locate` (the converter's readers and canonicalisation) and
 reports/prompts are cleaned and tokenized by the converter's functions: one code path.
 
+The user-facing API (`cgdmer_jax.load` is `load` below):
+
+  enc = cgdmer_jax.load("EXPORT")       # an export, its hub folder, or a training workdir
+  enc.embed_ecg(x_NxCxT, fs=250, leads=["II", "V1", "aVL"], units="uV")  # raw: canonicalised
+  enc.embed_ecg(ecg_Nx12xT_mV, valid_len_N, lead_mask_Nx12)             # canonical batches
+  enc.embed_text(["sinus rhythm"]); enc.probe_features(x, fs=250)
+  enc.zero_shot(x, {"AF": "atrial fibrillation", "NORM": ["sinus rhythm", "normal ecg"]},
+                fs=250)                 # {class: cosine scores [N]}
+
 Loaders:
   * `from_workdir`: the live model from a training workdir's latest (or given) checkpoint;
   * `from_export`: the `jax.export` StableHLO functions written by `cgdmer_jax.export` — no model
@@ -20,113 +29,29 @@ Loaders:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
-from typing import Callable
-from typing import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from etils import epath
 
 from cgdmer_jax import objective
-from cgdmer_jax import progress as progress_lib
 from cgdmer_jax.data import features
+from cgdmer_jax.encoder import Encoder
 from cgdmer_jax.models import cgdmer
 from cgdmer_jax.train import checkpointing
 from cgdmer_jax.train import workdir_config
-from data_pipelines import reports
-from data_pipelines import signal
-from data_pipelines import tokenizer
 
 ECG_EXPORT = "ecg_encoder.jax_exported"
 TEXT_EXPORT = "text_encoder.jax_exported"
 EXPORT_INFO = "export_info.json"
 EXPORT_FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class Encoder:
-  """Batched ECG and report encoders with the preprocessing facts they need."""
-  ecg_fn: Callable
-  text_fn: Callable | None
-  tokenizer_path: str | None
-  fs: int
-  seconds: float
-  max_report_len: int
-  name: str
-  batch_size: int = 64
-
-  @property
-  def num_samples(self) -> int:
-    return int(round(self.fs * self.seconds))
-
-  def signal_config(self, min_leads: int = 1):
-    """The canonicalisation this model was trained with (missing leads carried as masked)."""
-    return signal.Config(fs=self.fs, seconds=self.seconds, min_leads=min_leads)
-
-  def _batched(self, fn, arrays: Sequence[np.ndarray], desc: str, progress: bool):
-    n = len(arrays[0])
-    outs: dict[str, list[np.ndarray]] = {}
-    steps = range(0, n, self.batch_size)
-    for start in progress_lib.bar(steps, desc=desc, unit="batch",
-                                  disable=not progress or n <= self.batch_size):
-      chunk = [a[start:start + self.batch_size] for a in arrays]
-      rows = len(chunk[0])
-      # Pad to the static batch size so every call reuses one compiled program.
-      chunk = [np.concatenate([c, np.zeros((self.batch_size - rows,) + c.shape[1:], c.dtype)])
-               for c in chunk]
-      for k, v in fn(*chunk).items():
-        outs.setdefault(k, []).append(np.asarray(v)[:rows])
-    return {k: np.concatenate(v) for k, v in outs.items()}
-
-  def embed_ecg(self, ecg_NxCxT: np.ndarray, valid_len_N: np.ndarray | None = None,
-                lead_mask_NxC: np.ndarray | None = None, *, progress: bool = False
-                ) -> dict[str, np.ndarray]:
-    """Embeds canonical ECGs (millivolts, 12 leads, `num_samples` long)."""
-    ecg = np.asarray(ecg_NxCxT, np.float32)
-    if ecg.ndim != 3 or ecg.shape[1:] != (features.NUM_LEADS, self.num_samples):
-      raise ValueError(f"ECG batch must be [N, 12, {self.num_samples}] (fs={self.fs}, "
-                       f"seconds={self.seconds:g}), got {ecg.shape}")
-    n = len(ecg)
-    valid = (np.full(n, self.num_samples, np.int32) if valid_len_N is None
-             else np.asarray(valid_len_N, np.int32))
-    leads = (np.ones((n, features.NUM_LEADS), bool) if lead_mask_NxC is None
-             else np.asarray(lead_mask_NxC, bool))
-    if n == 0:
-      return {}
-    return self._batched(self.ecg_fn, [ecg, valid, leads], "embed ECG", progress)
-
-  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Cleans and tokenizes texts exactly as the converter stores reports."""
-    if self.tokenizer_path is None:
-      raise ValueError(f"{self.name}: no tokenizer, cannot embed text")
-    tok = tokenizer.load(self.tokenizer_path)  # SentencePiece or WordPiece, by file
-    ids, lens = zip(*(tok.encode(reports.clean_report(t), self.max_report_len) for t in texts))
-    return np.stack(ids).astype(np.int32), np.asarray(lens, np.int32)
-
-  def embed_text(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Embeds report strings (e.g. zero-shot class prompts)."""
-    if self.text_fn is None:
-      raise ValueError(f"{self.name} has no report tower (variant without text)")
-    ids, lens = self.tokenize(texts)
-    if np.any(lens == 0):
-      raise ValueError("cannot embed an empty text")
-    return self.embed_ids(ids, lens)
-
-  def embed_ids(self, ids_NxL: np.ndarray, len_N: np.ndarray) -> dict[str, np.ndarray]:
-    """Embeds already tokenized reports ([N, max_report_len] ids and their lengths)."""
-    if self.text_fn is None:
-      raise ValueError(f"{self.name} has no report tower (variant without text)")
-    return self._batched(self.text_fn, [np.asarray(ids_NxL, np.int32),
-                                        np.asarray(len_N, np.int32)], "embed text", False)
-
-
+MODEL_CARD = "MODEL_CARD.md"
 # ---------------------------------------------------------------------------------------------
 # Loaders.
+
 
 
 def tokenizer_of(config, workdir: str | os.PathLike) -> str | None:

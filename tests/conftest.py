@@ -20,6 +20,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest
 
+from cgdmer_jax import quickstart
+from configs import pretrain
 from data_pipelines import signal
 from data_pipelines import write
 
@@ -28,6 +30,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "tests" / "data"
 # The full shared data set, present on CI and development machines, absent on a fresh clone.
 SHARED = pathlib.Path(os.environ.get("CGDMER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory) -> dict:
+  """The quickstart, shortened (10 steps of the tiny model): a trained workdir with its
+  evaluation and export, shared by the tests that need a trained model."""
+  return quickstart.run(tmp_path_factory.mktemp("quickstart"), EMBEDDED,
+                        pretrain.get_config("size=tiny"), steps=10, probe_epochs=3,
+                        fractions=(0.01, 0.1, 1.0))
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ LAYERS = (
               "cgdmer_jax.siglip", "cgdmer_jax.objective")),
     ("input", ("cgdmer_jax.data", "data_pipelines")),
     ("trainer", ("cgdmer_jax.train",)),
-    ("evaluation", ("cgdmer_jax.evaluators", "cgdmer_jax.inference")),
+    ("evaluation", ("cgdmer_jax.evaluators", "cgdmer_jax.inference", "cgdmer_jax.encoder")),
     ("perf", ("cgdmer_jax.perf",)),
     ("commands", ("cgdmer_jax", "configs")),  # what no prefix above claims: the package root
 )

@@ -1,4 +1,7 @@
-"""The main job end to end (shortened), the export in a fresh process, embed and evaluate CLIs."""
+"""The main job end to end (shortened), the export in a fresh process, embed and evaluate CLIs.
+
+The `quick` fixture (conftest.py) is the shortened quickstart run, shared with test_api.py.
+"""
 
 import csv
 import json
@@ -15,18 +18,10 @@ from cgdmer_jax import quickstart
 from cgdmer_jax.evaluators import linear_probe
 from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import runner
-from configs import pretrain
 from data_pipelines import locate
 from tests import conftest
 
 TASKS = ["ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "csn"]
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-  return quickstart.run(tmp_path_factory.mktemp("quickstart"), conftest.EMBEDDED,
-                        pretrain.get_config("size=tiny"), steps=10, probe_epochs=3,
-                        fractions=(0.01, 0.1, 1.0))
 
 
 def test_quickstart_produces_table_plots_and_export(quick):
