@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cgdmer_jax
+from cgdmer_jax import export
 from cgdmer_jax import inference
 from cgdmer_jax import model_card
 from cgdmer_jax.data import features
@@ -212,3 +213,25 @@ def test_export_cli_hub_dir_and_savedmodel(quick, enc, tmp_path):
     np.testing.assert_allclose(got[f"ecg_{k}"], want_e[k], rtol=1e-4, atol=1e-5)
   for k in ("embedding", "shared", "specific"):
     np.testing.assert_allclose(got[f"text_{k}"], want_t[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_savedmodel_matches_the_bfloat16_jax_export(quick, tmp_path):
+  out = tmp_path / "bf16"
+  export.export_model(quick["pretrain"], out, dtype="bfloat16", platforms=("cpu",),
+                      formats=("jax", "savedmodel"))
+  enc = inference.load(out, batch_size=8)
+  ecg, valid, leads = enc.canonicalize(np.random.default_rng(5).normal(0, 0.3, (4, 12, 1000)),
+                                       fs=100)
+  ids, lens = enc.tokenize(["sinus rhythm", "atrial fibrillation"])
+  np.savez(tmp_path / "x.npz", ecg=ecg, valid=valid, leads=leads, ids=ids, lens=lens)
+  (tmp_path / "serve.py").write_text(_SERVE_TF)
+  proc = subprocess.run([sys.executable, str(tmp_path / "serve.py"), str(out / "savedmodel"),
+                         str(tmp_path / "x.npz"), str(tmp_path / "tf.npz")], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = np.load(tmp_path / "tf.npz", allow_pickle=False)
+  # bfloat16 matmuls: the stated tolerance is 2e-2 relative, 2e-3 absolute on unit-norm outputs.
+  np.testing.assert_allclose(got["ecg_embedding"], enc.embed_ecg(ecg, valid, leads)["embedding"],
+                             rtol=2e-2, atol=2e-3)
+  np.testing.assert_allclose(got["text_embedding"], enc.embed_ids(ids, lens)["embedding"],
+                             rtol=2e-2, atol=2e-3)
