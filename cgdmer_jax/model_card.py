@@ -70,11 +70,9 @@ def evaluation_of(workdir: epath.Path) -> dict:
           "interval": "95% bootstrap interval over the evaluated split's records"}
 
 
-def _text_kind(config) -> str | None:
-  text = config.model.get("text")
-  if text is None:
-    return None
-  return str(text.get("kind")) if hasattr(text, "get") else str(text)
+def _text_kind(config) -> str:
+  """The report tower: 'transformer' or 'bert' (the config is upgraded: `model.text` is set)."""
+  return str(config.model.text.kind)
 
 
 def card_fields(config, workdir: epath.Path, info: dict, *, ecg_dims: dict[str, int],
@@ -102,9 +100,9 @@ def card_fields(config, workdir: epath.Path, info: dict, *, ecg_dims: dict[str, 
       },
       "outputs": {"ecg": ecg_dims, "text": text_dims},
       "training": {"data_dir": str(config.data.dir), "step": info["step"],
-                   "total_steps": int(config.get("total_steps", 0) or 0),
-                   "size": str(config.model.get("size", "")), "variant": info["variant"],
-                   "text_encoder": _text_kind(config)},
+                   "total_steps": int(config.total_steps),
+                   "size": str(config.model.size), "variant": info["variant"],
+                   "text_encoder": _text_kind(config) if info["has_text_encoder"] else None},
       "evaluation": evaluation_of(workdir),
       "license": LICENSE,
       "citation": citation(),
