@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from cgdmer_jax.perf import gpu_check
+from cgdmer_jax.perf import gpu_report
 from cgdmer_jax.perf import stmem_compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +106,7 @@ def test_summary_ratios_and_peer_command():
         "stmem_ours": dict(status="ok", examples_per_s=3000.0, step_s_p50=0.1),
         "stmem_compile": dict(status="ok", samples_per_s=2000.0),  # the harness's name
         "stmem_eager": dict(status="error", error="x")}
-  s = gpu_check.summary(ms)
+  s = gpu_report.summary(ms, gpu_check.SWITCHES)
   assert s["ours_over_stmem_compile"] == pytest.approx(1.5)
   assert "ours_over_stmem_eager" not in s
   assert s["remat_time_vs_default"] == pytest.approx(1.3)
