@@ -90,14 +90,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
     raise FileNotFoundError(f"{workdir} is not a training workdir (no {config_path.name})"
                             if workdir.exists() else f"{workdir} does not exist")
   config = workdir_config.read(config_path)
-  if out.exists() and any(out.iterdir()):
-    if not overwrite:
-      raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-    if not (out / inference.EXPORT_INFO).is_file():
-      raise FileExistsError(f"--overwrite replaces an export only; {out} holds no "
-                            f"{inference.EXPORT_INFO}, so nothing in it was deleted")
-    out.rmtree()
-  out.mkdir(parents=True, exist_ok=True)
+  inference.empty_export_folder(out, overwrite=overwrite, kind="an export")
 
   with config.unlocked():
     # Platform-independent attention so one StableHLO serves every platform.

@@ -54,6 +54,23 @@ MODEL_CARD = "MODEL_CARD.md"
 
 
 
+def empty_export_folder(folder: epath.Path, *, overwrite: bool, kind: str) -> None:
+  """Makes `folder` an empty folder to write an export into; with `overwrite` it deletes a
+  previous export there, and never a folder that holds no `EXPORT_INFO` (anything else).
+
+  Raises:
+    FileExistsError: the folder is not empty and `overwrite` is off, or it is not an export.
+  """
+  if folder.exists() and any(folder.iterdir()):
+    if not overwrite:
+      raise FileExistsError(f"{folder} is not empty; pass --overwrite to replace it")
+    if not (folder / EXPORT_INFO).is_file():
+      raise FileExistsError(f"--overwrite replaces {kind} only; {folder} holds no "
+                            f"{EXPORT_INFO}, so nothing in it was deleted")
+    folder.rmtree()
+  folder.mkdir(parents=True, exist_ok=True)
+
+
 def tokenizer_of(config, workdir: str | os.PathLike) -> str | None:
   """The run's tokenizer file (SentencePiece `tokenizer.model` or WordPiece `wordpiece.json`):
   in the workdir, else in the dataset folder; None if neither."""

@@ -192,14 +192,7 @@ def publish(export_dir: str | os.PathLike, hub_dir: str | os.PathLike, *,
   info_path = src / inference.EXPORT_INFO
   if not info_path.is_file():
     raise FileNotFoundError(f"{src} is not an export (no {inference.EXPORT_INFO})")
-  if dst.exists() and any(dst.iterdir()):
-    if not overwrite:
-      raise FileExistsError(f"{dst} is not empty; pass --overwrite to replace it")
-    if not (dst / inference.EXPORT_INFO).is_file():
-      raise FileExistsError(f"--overwrite replaces a published folder only; {dst} holds no "
-                            f"{inference.EXPORT_INFO}, so nothing in it was deleted")
-    dst.rmtree()
-  dst.mkdir(parents=True, exist_ok=True)
+  inference.empty_export_folder(dst, overwrite=overwrite, kind="a published folder")
   _copy_tree(src, dst)
   info = json.loads(info_path.read_text())
   card = (src / inference.MODEL_CARD).read_text() if (src / inference.MODEL_CARD).is_file() \

@@ -24,6 +24,7 @@ from cgdmer_jax import quickstart
 from configs import pretrain
 from data_pipelines import signal
 from data_pipelines import write
+from tests import fake_remote
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Small real subset embedded in the repository (see tests/data/README.md).
@@ -64,3 +65,13 @@ def ptbxl_tfrecords(tmp_path_factory) -> pathlib.Path:
       signal=signal.Config(fs=100, seconds=10.0), shards=4, vocab_size=400, workers=1,
       progress=False))
   return out
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+  """A stand-in bucket (`tests/fake_remote.py`): its root URL; nothing may land locally under
+  a mangled name."""
+  monkeypatch.chdir(tmp_path)  # a mangled relative path would land here
+  with fake_remote.object_store(tmp_path / "bucket") as root:
+    yield root
+  assert not fake_remote.local_names_with_scheme(tmp_path), "written under a mangled name"

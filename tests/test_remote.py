@@ -10,7 +10,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 import tensorflow as tf
 from etils import epath
 
@@ -26,14 +25,6 @@ from tests import conftest
 from tests import fake_remote
 from tests.test_train import TINY
 from tests.test_train import tiny_config
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # a mangled relative path would land here
-  with fake_remote.object_store(tmp_path / "bucket") as root:
-    yield root
-  assert not fake_remote.local_names_with_scheme(tmp_path), "written under a mangled name"
 
 
 def _metrics(workdir: str) -> list[dict]:

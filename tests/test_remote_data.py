@@ -27,14 +27,6 @@ from tests import fake_remote
 DAMAGED = "cgdmer_ecg-train.tfrecord-00002-of-00004"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # a mangled relative path would land here
-  with fake_remote.object_store(tmp_path / "bucket") as root:
-    yield root
-  assert not fake_remote.local_names_with_scheme(tmp_path), "written under a mangled name"
-
-
 def _config(output, **kw) -> write.BuildConfig:
   """The build of `conftest.ptbxl_tfrecords` (in-process: `workers=1`), into `output`."""
   return write.BuildConfig(
