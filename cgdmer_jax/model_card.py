@@ -16,6 +16,8 @@ import os
 import yaml
 from etils import epath
 
+from cgdmer_jax.evaluators import report
+
 LICENSE = "Apache-2.0"
 CITATION_FALLBACK = "Niu et al., CG-DMER, arXiv:2602.21154"
 _REPO = epath.Path(__file__).resolve().parents[1]
@@ -160,9 +162,7 @@ def model_card(info: dict) -> str:
         cells = []
         for task in tasks:
           c = m["tasks"][task].get(k)
-          cells.append("–" if not c else f"{100 * c['auc']:.1f}" + (
-              f" ({100 * c['interval'][0]:.1f}–{100 * c['interval'][1]:.1f})"
-              if c.get("interval") else ""))
+          cells.append(report.cell_text(c) if c else "–")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
   lines += ["", "## Licence", "", f"{info['license']}", "", "## Citation", "",
             info["citation"], ""]
