@@ -48,6 +48,7 @@ from cgdmer_jax import cli
 from cgdmer_jax import model_card
 from cgdmer_jax import savedmodel
 from cgdmer_jax.data import features
+from data_pipelines import tfrecord
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so JAX and the modules that import it are
 # imported inside the functions that use them (which also keeps `--help` instant).
@@ -104,7 +105,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   store_dtype = jnp.dtype(dtype)
   params = jax.tree.map(lambda x: x.astype(store_dtype), params)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(out / "params" if "://" in os.fspath(out) else (out / "params").absolute(),
+    ckptr.save(out / "params" if tfrecord.is_object_storage(out) else (out / "params").absolute(),
                params)
 
   num_samples = int(round(config.data.fs * config.data.seconds))
@@ -145,7 +146,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *,
   (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   info = {
       "format_version": inference.EXPORT_FORMAT_VERSION,
-      "source_workdir": os.fspath(workdir) if "://" in os.fspath(workdir) else str(
+      "source_workdir": os.fspath(workdir) if tfrecord.is_object_storage(workdir) else str(
           workdir.resolve()),
       "step": (int(step_dir.name) if step_dir.name.isdigit()
                else json.loads((step_dir / "meta.json").read_text())["step"]

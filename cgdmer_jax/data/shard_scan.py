@@ -40,6 +40,8 @@ from absl import logging
 # does not export (TensorFlow is pinned in setup.cfg; tests/test_reader_faults.py uses it).
 from tensorflow.python.lib.io import _pywrap_record_io
 
+from data_pipelines import tfrecord
+
 # length (8) + length CRC (4) before the data, data CRC (4) after it.
 _HEADER = 12
 _FOOTER = 4
@@ -191,7 +193,7 @@ def locate(paths, message: str) -> Damage | None:
   reason = message.split(" [Op:")[0].split("}}")[-1].strip()
   for path in paths:
     path = os.fspath(path)
-    if "://" in path:  # object storage: no local file to scan; the error names the stream
+    if tfrecord.is_object_storage(path):  # no local file to scan; the error names the stream
       return None
     size = os.path.getsize(path)
     if size <= offset:

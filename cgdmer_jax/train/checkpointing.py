@@ -35,6 +35,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data_pipelines import tfrecord
+
 # The train state's items (`balance`: the loss balancer's averages, with `loss.balance` on).
 STATE_ITEMS = ("params", "opt_state", "balance")
 ITEMS = STATE_ITEMS + ("meta",)
@@ -48,7 +50,7 @@ class UnreadableCheckpointError(RuntimeError):
 def _path(path: str | os.PathLike) -> epath.Path:
   """Orbax needs absolute paths: local paths are made absolute, URLs (gs://...) kept."""
   text = os.fspath(path)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return epath.Path(text if tfrecord.is_object_storage(text) else os.path.abspath(text))
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:

@@ -15,6 +15,7 @@ from cgdmer_jax.models import layers
 from cgdmer_jax.models import normalize
 from cgdmer_jax.train import accumulate
 from cgdmer_jax.train import workdir_config
+from data_pipelines import tfrecord
 
 # The tables of accepted values belong to the modules that use them.
 NORMALIZE = normalize.METHODS
@@ -95,7 +96,7 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
   _require(config.total_steps > 0, f"config.total_steps must be positive, got {config.total_steps}")
   _require(d.on_corrupt in ("error", "skip"),
            f"config.data.on_corrupt={d.on_corrupt!r}; choose 'error' or 'skip'")
-  _require(not (d.on_corrupt == "skip" and d.dir and "://" in str(d.dir)),
+  _require(not (d.on_corrupt == "skip" and d.dir and tfrecord.is_object_storage(str(d.dir))),
            f"config.data.on_corrupt='skip' reads shards record by record from local files; "
            f"{d.dir} is on object storage: copy the dataset to a local disk, or keep 'error' "
            "(rebuild a damaged shard with data_pipelines.build)")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import threading
 import time
@@ -43,20 +42,16 @@ import jax
 from absl import logging
 from etils import epath
 
+from data_pipelines.tfrecord import is_object_storage
+
 LOCK_FILE = "trainer.lock"
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 600.0
 SETTLE_S = 2.0  # object storage: how long a written lock must survive before it is held
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class WorkdirInUseError(RuntimeError):
   """Another live trainer holds the workdir's lock."""
-
-
-def is_object_storage(path: str | os.PathLike) -> bool:
-  """A URL (gs://, s3://, ...): no exclusive create, no atomic rename."""
-  return bool(_URL.match(os.fspath(path)))
 
 
 def _boot_id() -> str:
