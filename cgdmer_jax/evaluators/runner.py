@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Sequence
 
@@ -38,6 +37,7 @@ from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import report
 from cgdmer_jax.evaluators import seeds
 from cgdmer_jax.evaluators import stored
+from cgdmer_jax.evaluators import summary
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
 from cgdmer_jax.train import workdir_config
@@ -96,19 +96,6 @@ def expand_csn(task_names: Sequence[str], readings: Sequence[str]) -> list[str]:
   for t in task_names:
     out += [tasks_lib.CSN_READINGS[r] for r in readings] if t == "csn" else [t]
   return list(dict.fromkeys(out))
-
-
-def _clean(obj):
-  """JSON-safe copy: NaN -> None, numpy scalars -> Python numbers, private '_' keys dropped."""
-  if isinstance(obj, dict):
-    return {str(k): _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
-  if isinstance(obj, (list, tuple)):
-    return [_clean(v) for v in obj]
-  if isinstance(obj, (np.floating, float)):
-    return None if np.isnan(obj) else float(obj)
-  if isinstance(obj, np.integer):
-    return int(obj)
-  return obj
 
 
 def _features(x: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -221,17 +208,8 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
         results["plots"].append(str(p.relative_to(out_dir)))
 
   if out_dir is not None:
-    _write_results(out_dir, results)
+    summary.write_results(out_dir, results)
   return results
-
-
-def _write_results(out_dir: epath.Path, results: dict) -> None:
-  """`results.json` (private keys dropped), `results.md` and, for a model, `scores.npz` (its
-  private per-record arrays, `stored.save`) of one model or group."""
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / stored.RESULTS_FILE).write_text(json.dumps(_clean(results), indent=2))
-  (out_dir / "results.md").write_text(report.markdown([results]))
-  stored.save(out_dir, results)
 
 
 def _task_plots(out_dir, model, task, entry, split, fractions) -> list[epath.Path]:
@@ -353,29 +331,17 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     all_results.append(res)
   for res, name in zip(loaded, names[len(encoders):]):
     res["model"] = name
-    _write_results(out / name.replace("/", "_"), res)  # the output folder holds every model
+    summary.write_results(out / name.replace("/", "_"), res)  # the output folder holds every model
     all_results.append(res)
   by_name = dict(zip(names, all_results))
   for group, members in group_members.items():
     res = seeds.group_result(group, [by_name[m] for m in members], protocol.resamples,
                              protocol.seed)
-    _write_results(out / group.replace("/", "_"), res)
+    summary.write_results(out / group.replace("/", "_"), res)
     by_name[group] = res
     all_results.append(res)
   comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed,
                                 percentages=(pa, pb))
                  for (a, pa), (b, pb) in operands]
-  out.mkdir(parents=True, exist_ok=True)
-  text = report.markdown(all_results)
-  for c in comparisons:
-    text += "\n" + report.compare_markdown(c)
-  (out / "summary.md").write_text(text)
-  (out / "comparisons.json").write_text(json.dumps(_clean(comparisons), indent=2))
-  (out / "summary.json").write_text(json.dumps(
-      [{"model": r["model"], "dir": str(out / r["model"].replace("/", "_")), "split": r["split"],
-        "tasks": {t: {label: {"auc": c.get("auc"), "interval": c.get("interval"),
-                              "reason": c.get("reason"),
-                              **({"seed_aucs": c["seed_aucs"]} if c.get("seed_aucs") else {})}
-                      for label, c in report.cells_of(e)}
-                  for t, e in r["tasks"].items()}} for r in _clean(all_results)], indent=2))
+  summary.write_summary(out, all_results, comparisons)
   return all_results
