@@ -11,6 +11,7 @@ from cgdmer_jax.evaluators import report
 from cgdmer_jax.evaluators import runner
 from cgdmer_jax.evaluators import seeds
 from cgdmer_jax.evaluators import stored
+from cgdmer_jax.evaluators import summary
 
 CLASSES = ["a", "LAFB/LPFB", "c"]  # class names may hold the path separator
 
@@ -33,7 +34,7 @@ def _result(name, seed, rows=120, signal=2.0, label_seed=0):
 
 def _write(tmp_path, res):
   folder = tmp_path / res["model"]
-  runner._write_results(folder, res)
+  summary.write_results(folder, res)
   return folder
 
 
@@ -65,7 +66,7 @@ def test_round_trip_restores_every_score_and_pairs_as_the_live_result(tmp_path):
 def test_a_group_writes_no_scores_and_its_folder_is_refused(tmp_path):
   g = seeds.group_result("g", [_result("A", 1), _result("B", 2)])
   folder = tmp_path / "g"
-  runner._write_results(folder, g)
+  summary.write_results(folder, g)
   assert not (folder / stored.SCORES_FILE).exists()
   np.savez(folder / stored.SCORES_FILE, x=np.zeros(1))
   with pytest.raises(ValueError, match="seed group"):
