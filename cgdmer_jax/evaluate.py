@@ -3,7 +3,8 @@ r"""Evaluates pretrained encoders on the MERL benchmark: zero-shot and linear pr
   python -m cgdmer_jax.evaluate --workdir=RUN[,RUN2,...] [--random_init] \
       --tasks=ptbxl_super,ptbxl_sub,ptbxl_form,ptbxl_rhythm,cpsc2018,csn \
       --fractions=1,10,100 --data_root=DATA [--split=test|val] [--probe=merl,logreg] \
-      [--features=shared,specific,concat] [--csn_labels=merl,exact] [--compare=A,B] \
+      [--features=shared,specific,concat] [--leads=all|limb|I,II,...] \
+      [--csn_labels=merl,exact] [--compare=A,B] \
       [--group=NAME=A+B+C ...] [--scored=DIR[,DIR2,...]] [--tables_root=DIR] [--out=DIR]
 
 Each `--workdir` entry is a training workdir or an export folder; `--random_init` adds the
@@ -38,6 +39,7 @@ from absl import logging
 from etils import epath
 
 from cgdmer_jax import cli
+from cgdmer_jax.evaluators import leads
 from cgdmer_jax.evaluators import logreg_probe
 from data_pipelines import tensorflow_quiet
 
@@ -69,6 +71,10 @@ _PROBE = flags.DEFINE_list("probe", ["merl", "logreg"], "Linear probes: 'merl' (
                            "regression, C chosen on val).")
 _FEATURES = flags.DEFINE_list("features", ["shared", "specific", "concat"], "Probed ECG "
                               "features: shared, specific, concat (= both).")
+_LEADS = flags.DEFINE_string("leads", "all", "Lead set the ECGs are scored on: lead names "
+                             "(I,II,III,aVR,aVL,aVF,V1-V6; any subset, comma separated), 'limb' "
+                             "or 'all'. The other leads are hidden as unrecorded leads; model "
+                             "names get the suffix _leads-<set>.")
 _CSN_LABELS = flags.DEFINE_list("csn_labels", ["merl"], "Readings of the CSN labels for the "
                                 "csn task: 'merl' (the table's columns, as published), "
                                 "'exact' (diagnosis tokens); both: merl,exact.")
@@ -113,7 +119,7 @@ def main(argv) -> int:
                                       batch_size=_PROBE_BATCH.value,
                                       lr_drop_at=_LR_DROP.value or None),
         logreg=logreg_probe.LogRegConfig(c_grid=tuple(float(c) for c in _C_GRID.value)),
-        resamples=_RESAMPLES.value)
+        resamples=_RESAMPLES.value, leads=leads.parse(_LEADS.value))
     compare = None if _COMPARE.value is None else runner.compare_pairs(_COMPARE.value)
     results = runner.evaluate_models(
         _WORKDIR.value, random_init=_RANDOM.value, random_seed=_SEED.value,

@@ -16,6 +16,7 @@ import pathlib
 import numpy as np
 
 from cgdmer_jax import progress as progress_lib
+from cgdmer_jax.evaluators import leads
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from data_pipelines import locate
 
@@ -78,12 +79,18 @@ class TaskData:
 
 
 class FeatureCache:
-  """Embeds each record once per model, whatever the number of tasks that use it."""
+  """Embeds each record once per model, whatever the number of tasks that use it.
 
-  def __init__(self, encoder, *, progress: bool = True):
+  With a lead set (`keep`, `leads.keep_mask`) every other lead is hidden before embedding
+  (`leads.apply`), and a record that recorded none of the set's leads is left out with that
+  reason.
+  """
+
+  def __init__(self, encoder, *, progress: bool = True, keep: np.ndarray | None = None):
     self.encoder = encoder
     self.reader = locate.CanonicalReader(encoder.signal_config(min_leads=1))
     self.progress = progress
+    self.keep = None if keep is None or np.all(keep) else np.asarray(keep, bool)
     self._feats: dict[str, dict[str, np.ndarray] | str] = {}
 
   def fetch(self, locs: list[locate.Located]) -> list[dict[str, np.ndarray] | str]:
@@ -94,9 +101,11 @@ class FeatureCache:
     def flush():
       if not batch:
         return
-      outs = self.encoder.embed_ecg(np.stack([c.millivolts for _, c in batch]),
-                                    np.asarray([c.valid_len for _, c in batch]),
-                                    np.stack([c.lead_mask for _, c in batch]))
+      ecg = np.stack([c.millivolts for _, c in batch])
+      lead_mask = np.stack([c.lead_mask for _, c in batch])
+      if self.keep is not None:
+        ecg, lead_mask = leads.apply(ecg, lead_mask, self.keep)
+      outs = self.encoder.embed_ecg(ecg, np.asarray([c.valid_len for _, c in batch]), lead_mask)
       for i, (loc, _) in enumerate(batch):
         self._feats[loc.path] = {k: outs[k][i] for k in OUTPUTS}
       batch.clear()
@@ -104,6 +113,9 @@ class FeatureCache:
     for loc, canon, reason in progress_lib.bar(
         self.reader.read_many(todo), total=len(todo), desc=f"embed {self.encoder.name}",
         unit="rec", disable=not self.progress or len(todo) < 256):
+      if canon is not None and self.keep is not None:
+        reason = leads.missing_reason(canon.lead_mask, self.keep)
+        canon = None if reason else canon
       if canon is None:
         self._feats[loc.path] = reason
         continue

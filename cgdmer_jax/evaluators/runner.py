@@ -30,6 +30,7 @@ from cgdmer_jax import inference
 from cgdmer_jax.evaluators import baselines as baselines_lib
 from cgdmer_jax.evaluators import bootstrap
 from cgdmer_jax.evaluators import cells
+from cgdmer_jax.evaluators import leads as leads_lib
 from cgdmer_jax.evaluators import linear_probe
 from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import plots
@@ -57,6 +58,7 @@ class Protocol:
   logreg: logreg_probe.LogRegConfig = logreg_probe.LogRegConfig()
   resamples: int = bootstrap.NUM_RESAMPLES
   seed: int = 0
+  leads: tuple[str, ...] = leads_lib.ALL   # the lead set the ECGs are scored on
 
   def check(self) -> "Protocol":
     """Raises ValueError on an unknown split, probe or feature."""
@@ -69,7 +71,7 @@ class Protocol:
         raise ValueError(f"unknown {what} {bad or got}; known: {', '.join(known)}")
     if self.resamples < 10:
       raise ValueError(f"bootstrap resamples must be >= 10, got {self.resamples}")
-    return self
+    return dataclasses.replace(self, leads=leads_lib.parse(self.leads))
 
 
 def compare_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -144,13 +146,15 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
   tables_root = pathlib.Path(tables_root or data_root)
   prompts_path = pathlib.Path(prompts_path or data_root / "merl_zeroshot" / "CKEPE_prompt.json")
   prompts = zero_shot.load_prompts(prompts_path) if encoder.text_fn is not None else None
-  cache = records.FeatureCache(encoder, progress=progress)
+  cache = records.FeatureCache(encoder, progress=progress,
+                               keep=leads_lib.keep_mask(protocol.leads))
   out_dir = epath.Path(out_dir) if out_dir else None
   rep = protocol.split
   sel = "val" if rep == "test" else None  # never select on the split that is reported
   needed = ("train", "val", "test") if rep == "test" else ("train", "val")
   results = {"model": encoder.name, "fractions": list(fractions), "split": rep,
              "probes": list(protocol.probes), "features": list(protocol.features),
+             "leads": list(protocol.leads),
              "bootstrap": {"resamples": protocol.resamples, "seed": protocol.seed,
                            "level": bootstrap.LEVEL},
              "merl_probe": dataclasses.asdict(protocol.merl),
@@ -306,7 +310,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
       raise ValueError(f"unknown baseline {b!r}; known: {', '.join(BASELINES)}")
     encoders.append(BASELINES[b](encoders[0].fs, encoders[0].seconds, batch_size=batch_size))
   names = []
-  for name in [enc.name for enc in encoders] + [r["model"] for r in loaded]:
+  suffix = "" if leads_lib.is_all(protocol.leads) else f"_leads-{leads_lib.tag(protocol.leads)}"
+  for name in [enc.name + suffix for enc in encoders] + [r["model"] for r in loaded]:
     while name in names:
       name += "_"
     names.append(name)
