@@ -4,6 +4,7 @@ r"""Evaluates pretrained encoders on the MERL benchmark: zero-shot and linear pr
       --tasks=ptbxl_super,ptbxl_sub,ptbxl_form,ptbxl_rhythm,cpsc2018,csn \
       --fractions=1,10,100 --data_root=DATA [--split=test|val] [--probe=merl,logreg] \
       [--features=shared,specific,concat] [--leads=all|limb|I,II,...] \
+      [--retrieval_data=CONVERTED_DIR] \
       [--csn_labels=merl,exact] [--compare=A,B] \
       [--group=NAME=A+B+C ...] [--scored=DIR[,DIR2,...]] [--tables_root=DIR] [--out=DIR]
 
@@ -71,6 +72,10 @@ _PROBE = flags.DEFINE_list("probe", ["merl", "logreg"], "Linear probes: 'merl' (
                            "regression, C chosen on val).")
 _FEATURES = flags.DEFINE_list("features", ["shared", "specific", "concat"], "Probed ECG "
                               "features: shared, specific, concat (= both).")
+_RETRIEVAL = flags.DEFINE_string("retrieval_data", None, "A dataset converted by "
+                                 "data_pipelines.build with reports: ECG <-> report retrieval "
+                                 "(Recall@1/5/10, median rank) on its --split (the 'retrieval' "
+                                 "task; giving this flag adds it).")
 _LEADS = flags.DEFINE_string("leads", "all", "Lead set the ECGs are scored on: lead names "
                              "(I,II,III,aVR,aVL,aVF,V1-V6; any subset, comma separated), 'limb' "
                              "or 'all'. The other leads are hidden as unrecorded leads; model "
@@ -127,7 +132,7 @@ def main(argv) -> int:
         data_root=_DATA_ROOT.value, tables_root=_TABLES_ROOT.value, prompts=_PROMPTS.value,
         out=_OUT.value, protocol=protocol, compare=compare, batch_size=_BATCH.value,
         step=_STEP.value, baselines=tuple(_BASELINES.value), groups=tuple(_GROUP.value),
-        scored=tuple(_SCORED.value))
+        scored=tuple(_SCORED.value), retrieval_data=_RETRIEVAL.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

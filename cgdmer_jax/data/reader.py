@@ -152,8 +152,9 @@ def _split_info(info: DatasetInfo, split: str):
   return info.shard_files[split], info.shard_lengths[split]
 
 
-def _parser(info: DatasetInfo, with_ids: bool):
-  """A batched parse function built from `features.tfds_features` (as the writer encodes)."""
+def _parser(info: DatasetInfo, with_ids: bool, with_reports: bool = False):
+  """A batched parse function built from `features.tfds_features` (as the writer encodes);
+  `with_reports` also keeps each record's cleaned report text (`report`)."""
   feats = features.tfds_features(info.num_samples, info.max_report_len)
   spec = {}
   for name, tinfo in feats.get_serialized_info().items():
@@ -163,6 +164,8 @@ def _parser(info: DatasetInfo, with_ids: bool):
   keep = {"ecg", "lead_mask", "valid_len", "report_ids", "report_len"}
   if with_ids:
     keep.add("record_id")
+  if with_reports:
+    keep.add("report")
   spec = {k: v for k, v in spec.items() if k in keep}
 
   def parse(serialized):
@@ -179,6 +182,8 @@ def _parser(info: DatasetInfo, with_ids: bool):
     }
     if with_ids:
       out["record_id"] = ex["record_id"]
+    if with_reports:
+      out["report"] = ex["report"]
     return out
 
   return parse
@@ -299,8 +304,10 @@ def eval_batch_count(info: DatasetInfo, split: str, global_batch_size: int,
   return max(math.ceil(n / local_batch) for n in per_process) if per_process else 0
 
 
-def _padding(info: DatasetInfo, rows: int) -> dict[str, np.ndarray]:
-  return {
+def _padding(info: DatasetInfo, rows: int, with_reports: bool = False
+             ) -> dict[str, np.ndarray]:
+  extra = {"report": np.full((rows,), "", dtype=str)} if with_reports else {}
+  return {**extra,
       "ecg": np.zeros((rows, features.NUM_LEADS, info.num_samples), np.float32),
       "lead_mask": np.zeros((rows, features.NUM_LEADS), bool),
       "valid_len": np.zeros((rows,), np.int32),
@@ -314,8 +321,8 @@ def _padding(info: DatasetInfo, rows: int) -> dict[str, np.ndarray]:
 
 def eval_batches(data_dir: str | os.PathLike, *, split: str, global_batch_size: int,
                  process_index: int | None = None, process_count: int | None = None,
-                 on_corrupt: str = "error", damage_log: shard_scan.DamageLog | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 on_corrupt: str = "error", damage_log: shard_scan.DamageLog | None = None,
+                 with_reports: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split`, every example exactly once across processes, padded batches.
 
   Process i reads the shard files `files[i::count]` in order. The last batch is padded and
@@ -330,6 +337,8 @@ def eval_batches(data_dir: str | os.PathLike, *, split: str, global_batch_size: 
     process_count: processes (default `jax.process_count()`).
     on_corrupt: as in `train_batches` (skipped records become padding rows).
     damage_log: with 'skip', counts the damaged records skipped.
+    with_reports: also yield each record's cleaned report text (`report`, str; '' on
+      padding rows).
 
   Returns:
     An iterator of batch dicts with `mask` (False on padding rows) and `record_id`.
@@ -344,16 +353,19 @@ def eval_batches(data_dir: str | os.PathLike, *, split: str, global_batch_size: 
   yielded = 0
   if local_files:
     ds = tf.data.Dataset.from_tensor_slices(local_files).flat_map(records).batch(local_batch)
-    ds = ds.map(_parser(info, True), num_parallel_calls=_AUTOTUNE, deterministic=True)
+    ds = ds.map(_parser(info, True, with_reports), num_parallel_calls=_AUTOTUNE,
+                deterministic=True)
     ds = ds.prefetch(_AUTOTUNE).with_options(_options())
     for batch in shard_scan.named_errors(ds.as_numpy_iterator(), data_dir, local_files):
       rows = batch["ecg"].shape[0]
       batch["record_id"] = _strings(batch["record_id"])
+      if with_reports:
+        batch["report"] = _strings(batch["report"])
       batch["mask"] = np.ones((rows,), bool)
       if rows < local_batch:
-        pad = _padding(info, local_batch - rows)
+        pad = _padding(info, local_batch - rows, with_reports)
         batch = {k: np.concatenate([v, pad[k].astype(v.dtype)]) for k, v in batch.items()}
       yielded += 1
       yield batch
   for _ in range(total - yielded):
-    yield _padding(info, local_batch)
+    yield _padding(info, local_batch, with_reports)

@@ -36,6 +36,7 @@ from cgdmer_jax.evaluators import logreg_probe
 from cgdmer_jax.evaluators import plots
 from cgdmer_jax.evaluators import records
 from cgdmer_jax.evaluators import report
+from cgdmer_jax.evaluators import retrieval
 from cgdmer_jax.evaluators import seeds
 from cgdmer_jax.evaluators import stored
 from cgdmer_jax.evaluators import summary
@@ -122,8 +123,8 @@ def _probe(protocol: Protocol, probe: str, *args, **kwargs) -> dict:
 
 def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[float], *,
                      data_root, tables_root=None, prompts_path=None,
-                     protocol: Protocol = Protocol(), out_dir=None, progress: bool = True
-                     ) -> dict:
+                     protocol: Protocol = Protocol(), out_dir=None, progress: bool = True,
+                     retrieval_data=None) -> dict:
   """Zero-shot and linear-probe macro AUCs (with intervals) of `encoder` on `task_names`.
 
   Args:
@@ -136,6 +137,8 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
     protocol: split, probes, features and bootstrap settings.
     out_dir: where results and plots go (None: nothing written).
     progress: progress bars.
+    retrieval_data: a converted dataset with reports: ECG <-> report retrieval on its
+      `protocol.split` (`retrieval.py`), stored under results["retrieval"]; None: not run.
 
   Returns:
     The results dict written to results.json, plus private "_" keys (scores of the
@@ -211,6 +214,10 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
       if p is not None:
         results["plots"].append(str(p.relative_to(out_dir)))
 
+  if retrieval_data is not None:
+    results[retrieval.TASK] = retrieval.evaluate(
+        encoder, retrieval_data, rep, resamples=protocol.resamples, seed=protocol.seed,
+        leads=protocol.leads, progress=progress)
   if out_dir is not None:
     summary.write_results(out_dir, results)
   return results
@@ -249,7 +256,8 @@ BASELINES = {"band_power": baselines_lib.bandpower_encoder,
 def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, fractions,
                     data_root, tables_root=None, prompts=None, out=None,
                     protocol: Protocol = Protocol(), compare=None, batch_size=64,
-                    progress=True, step=None, baselines=(), groups=(), scored=()) -> list[dict]:
+                    progress=True, step=None, baselines=(), groups=(), scored=(),
+                    retrieval_data=None) -> list[dict]:
   """Evaluates every model (workdirs/exports, plus random init) and writes the summary.
 
   Args:
@@ -263,12 +271,18 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     scored: model folders of earlier evaluations (`stored.load`), added as evaluated models
       after the others, under their stored names; they must have been scored on the same
       split with the same bootstrap settings.
+    task_names: benchmark tasks; `retrieval` (`retrieval.TASK`) among them needs
+      `retrieval_data`, which alone also turns it on.
     Others: as `evaluate_encoder`; `step` picks the checkpoint of training workdirs.
 
   Returns:
     One results dict per model (see `evaluate_encoder`).
   """
   protocol = protocol.check()
+  if retrieval.TASK in task_names and retrieval_data is None:
+    raise ValueError("the retrieval task needs --retrieval_data=DIR: a dataset converted by "
+                     "data_pipelines.build, with reports, at the model's rate and length")
+  task_names = [t for t in task_names if t != retrieval.TASK]
   unknown = [t for t in task_names if t not in tasks_lib.TASKS]
   if unknown:
     raise ValueError(f"unknown tasks {unknown}; known: {', '.join(tasks_lib.TASKS)}")
@@ -331,7 +345,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   for enc, name in zip(encoders, names):
     res = evaluate_encoder(enc, task_names, fractions, data_root=data_root,
                            tables_root=tables_root, prompts_path=prompts, protocol=protocol,
-                           out_dir=out / name.replace("/", "_"), progress=progress)
+                           out_dir=out / name.replace("/", "_"), progress=progress,
+                           retrieval_data=retrieval_data)
     res["model"] = name
     all_results.append(res)
   for res, name in zip(loaded, names[len(encoders):]):

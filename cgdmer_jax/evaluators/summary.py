@@ -20,6 +20,7 @@ import numpy as np
 from etils import epath
 
 from cgdmer_jax.evaluators import report
+from cgdmer_jax.evaluators import retrieval
 from cgdmer_jax.evaluators import stored
 
 
@@ -49,7 +50,9 @@ def write_results(out_dir: epath.Path, results: dict) -> None:
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / stored.RESULTS_FILE).write_text(json.dumps(clean(results), indent=2))
-  (out_dir / "results.md").write_text(report.markdown([results]))
+  text = report.markdown([results])
+  table = retrieval.markdown([results])
+  (out_dir / "results.md").write_text(text + ("\n" + table if table else ""))
   stored.save(out_dir, results)
 
 
@@ -59,6 +62,9 @@ def write_summary(out: epath.Path, all_results: Sequence[dict],
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   text = report.markdown(all_results)
+  table = retrieval.markdown(all_results)
+  if table:
+    text += "\n" + table
   for c in comparisons:
     text += "\n" + report.compare_markdown(c)
   (out / "summary.md").write_text(text)
@@ -69,5 +75,7 @@ def write_summary(out: epath.Path, all_results: Sequence[dict],
                               "reason": c.get("reason"),
                               **({"seed_aucs": c["seed_aucs"]} if c.get("seed_aucs") else {})}
                       for label, c in report.cells_of(e)}
-                  for t, e in r["tasks"].items()}} for r in clean(list(all_results))],
+                  for t, e in r["tasks"].items()},
+        **({"retrieval": r["retrieval"]} if r.get("retrieval") else {})}
+       for r in clean(list(all_results))],
       indent=2))
