@@ -85,8 +85,9 @@ _CSN_LABELS = flags.DEFINE_list("csn_labels", ["merl"], "Readings of the CSN lab
                                 "'exact' (diagnosis tokens); both: merl,exact.")
 _COMPARE = flags.DEFINE_list("compare", None, "Model names A,B[,C,D...]: paired bootstrap "
                              "interval of A - B (and C - D, ...; default: first model vs "
-                             "random init). NAME@PCT pairs probe cells at different label "
-                             "fractions, e.g. A@10,B@100.")
+                             "random init). NAME[:PROBE][@PCT] picks one probe kind (merl, "
+                             "logreg, finetune) and/or label fraction per side, e.g. "
+                             "A@10,B@100 or A:finetune,B:logreg.")
 _GROUP = flags.DEFINE_multi_string("group", [], "NAME=A+B[+C...]: a seed group, the mean "
                                    "over the evaluated models A, B, ... (one recipe, several "
                                    "seeds) as one more row, usable in --compare. Repeatable.")

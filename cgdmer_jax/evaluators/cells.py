@@ -4,6 +4,9 @@ Every number of the table (zero-shot, each probe, feature and label fraction) is
 from the scores of the evaluated records, so all cells follow one rule: the macro mean is over
 the classes that were trained (probes) and have a positive and a negative among the evaluated
 records; with fewer than `auc.MIN_CLASSES` such classes the cell has no number, only a reason.
+Beside the ROC-AUC a cell carries the AUPRC (average precision) over the same classes, with
+its interval on the same resamples; its chance level is the class prevalence, so each cell
+also counts the positives of every class among its evaluated records.
 The scores and columns are kept (under keys starting with "_", not written to JSON) for the
 paired comparisons of `report.py`.
 """
@@ -56,10 +59,39 @@ def start_probe(y_train, y_rep, classes: Sequence[str], counts_BxN, split: str, 
   return columns, untrained, meta, None
 
 
+def positives(y_NxC: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+  """{class: number of positives} among the given records, for every class."""
+  return dict(zip(classes, (int(v) for v in np.asarray(y_NxC).sum(0))))
+
+
+def auprc_keys(y_NxC: np.ndarray, s_NxC: np.ndarray, classes: Sequence[str],
+               columns: Sequence[int], counts_BxN: np.ndarray) -> dict:
+  """The AUPRC part of a cell: macro AUPRC over `columns`, its interval and per-class values.
+
+  Args:
+    y_NxC: labels of the evaluated records; s_NxC: their scores (all C columns).
+    classes: C class names.
+    columns: the classes of the cell's macro AUC (each with a positive and a negative).
+    counts_BxN: the bootstrap resample counts of the cell's AUC interval.
+
+  Returns:
+    {auprc, auprc_interval, per_class_auprc, per_class_auprc_interval,
+    auprc_undefined_draws}; chance level of each class is its prevalence.
+  """
+  use = list(columns)
+  y, s = np.asarray(y_NxC)[:, use], np.asarray(s_NxC, np.float64)[:, use]
+  point = auc_lib.macro_auprc(y, s, [classes[j] for j in use])
+  iv = bootstrap.macro_interval(y, s, counts_BxN, metric="auprc")
+  return {"auprc": point.macro, "auprc_interval": iv["interval"],
+          "per_class_auprc": point.per_class,
+          "per_class_auprc_interval": dict(zip(point.per_class, iv["per_class_interval"])),
+          "auprc_undefined_draws": iv["undefined_draws"]}
+
+
 def score(y_NxC: np.ndarray, s_NxC: np.ndarray, classes: Sequence[str],
           counts_BxN: np.ndarray, *, columns: Sequence[int] | None = None,
           untrained: dict[str, str] | None = None, split: str = "test") -> dict:
-  """Macro AUC, 95 % bootstrap interval and per-class AUCs of one cell.
+  """Macro AUC and AUPRC, 95 % bootstrap intervals and per-class values of one cell.
 
   Args:
     y_NxC: labels of the evaluated records; s_NxC: their scores.
@@ -71,13 +103,15 @@ def score(y_NxC: np.ndarray, s_NxC: np.ndarray, classes: Sequence[str],
 
   Returns:
     JSON-ready dict: auc (None with `reason` when there is no number), interval,
-    per_class, per_class_interval, skipped (no AUC on this split), untrained, and the
-    private `_scores`/`_columns`.
+    per_class, per_class_interval, the same for AUPRC (`auprc_keys`), skipped (no AUC on this
+    split), untrained, records, positives (per class, every class), and the private
+    `_scores`/`_columns`.
   """
   allowed = set(range(len(classes)) if columns is None else columns)
   keep, skipped = auc_lib.two_label_classes(y_NxC, classes, what=f"{split} records")
   use = [j for j in keep if j in allowed]
-  out = {"skipped": skipped, "untrained": dict(untrained or {}), "classes_scored": len(use)}
+  out = {"skipped": skipped, "untrained": dict(untrained or {}), "classes_scored": len(use),
+         "records": int(len(y_NxC)), "positives": positives(y_NxC, classes)}
   if len(allowed) < auc_lib.MIN_CLASSES:
     return no_cell(f"{len(allowed)} class(es) can be trained (a positive and a negative "
                    f"among the training rows are needed for each)", **out)
@@ -91,5 +125,6 @@ def score(y_NxC: np.ndarray, s_NxC: np.ndarray, classes: Sequence[str],
   out.update(auc=point.macro, interval=iv["interval"], per_class=point.per_class,
              per_class_interval=dict(zip(point.per_class, iv["per_class_interval"])),
              undefined_draws=iv["undefined_draws"], resamples=iv["resamples"],
+             **auprc_keys(y_NxC, s_NxC, classes, use, counts_BxN),
              _scores=np.asarray(s_NxC, np.float64), _columns=list(use))
   return out

@@ -1,5 +1,9 @@
-"""PNG plots of an evaluation: per-class AUC bars and macro AUCs with their 95 % bootstrap
-intervals per task, and a t-SNE map of the evaluated ECGs."""
+"""PNG plots of an evaluation: per-class AUC (or AUPRC) bars and macro values with their 95 %
+bootstrap intervals per task, and a t-SNE map of the evaluated ECGs.
+
+The dashed chance line is 0.5 for ROC-AUC; for AUPRC the chance level of a class is its
+prevalence, drawn per class (per-class bars) or left out (macro values of several tasks).
+"""
 
 from __future__ import annotations
 
@@ -26,15 +30,19 @@ def _with_interval(v) -> tuple[float, float, float]:
 
 def plot_per_class_auc(path: epath.Path, title: str,
                   series: dict[str, dict[str, float | tuple[float, float, float]]],
-                  skipped: list[str]) -> epath.Path:
+                  skipped: list[str], metric: str = "ROC-AUC",
+                  chance: float | dict[str, float] | None = 0.5) -> epath.Path:
   """Grouped bars: one group per class, one bar per series (e.g. zero-shot, probe 100 %).
 
   Args:
     path: output PNG.
     title: figure title.
-    series: {series name: {class: AUC or (AUC, low, high)}}; intervals are drawn as error
+    series: {series name: {class: value or (value, low, high)}}; intervals are drawn as error
       bars.
-    skipped: classes without an AUC in any series (listed in the title, not drawn).
+    skipped: classes without a value in any series (listed in the title, not drawn).
+    metric: the y-axis name ('ROC-AUC', 'AUPRC').
+    chance: the chance level: one line (0.5 for ROC-AUC), a tick per class ({class:
+      prevalence} for AUPRC), or None.
 
   Returns:
     `path`.
@@ -48,11 +56,15 @@ def plot_per_class_auc(path: epath.Path, title: str,
     err = np.abs(np.stack([vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]]))
     ax.bar(x + (i - (len(series) - 1) / 2) * width, vals[:, 0], width, label=name,
            yerr=np.where(np.isnan(err), 0, err), error_kw={"lw": 0.6, "capsize": 1})
-  ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+  if isinstance(chance, dict):
+    ax.hlines([chance.get(c, np.nan) for c in classes], x - 0.45, x + 0.45, color="grey",
+              lw=0.8, ls="--", label="chance (prevalence)", zorder=3)
+  elif chance is not None:
+    ax.axhline(chance, color="grey", lw=0.8, ls="--")
   ax.set_xticks(x, classes, rotation=60, ha="right", fontsize=8)
   ax.set_ylim(0, 1)
-  ax.set_ylabel("ROC-AUC")
-  note = f" (no AUC: {', '.join(skipped)})" if skipped else ""
+  ax.set_ylabel(metric)
+  note = f" (no {metric}: {', '.join(skipped)})" if skipped else ""
   ax.set_title(title + note, fontsize=9)
   ax.legend(fontsize=6, loc="lower right")
   fig.tight_layout()
@@ -62,13 +74,16 @@ def plot_per_class_auc(path: epath.Path, title: str,
 
 
 def macro_intervals(path: epath.Path, title: str,
-                    rows: dict[str, tuple[float, float, float]]) -> epath.Path:
-  """Macro AUC of every metric of one task as a point with its interval (one line each).
+                    rows: dict[str, tuple[float, float, float]], metric: str = "ROC-AUC",
+                    chance: float | None = 0.5) -> epath.Path:
+  """Macro value of every metric of one task as a point with its interval (one line each).
 
   Args:
     path: output PNG.
     title: figure title.
-    rows: {metric: (AUC, low, high)}.
+    rows: {metric label: (value, low, high)}.
+    metric: the x-axis name ('ROC-AUC', 'AUPRC').
+    chance: x of the dashed chance line (None for AUPRC: each class has its own).
 
   Returns:
     `path`.
@@ -80,10 +95,11 @@ def macro_intervals(path: epath.Path, title: str,
   err = np.abs(np.stack([vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]]))
   ax.errorbar(vals[:, 0], y, xerr=np.where(np.isnan(err), 0, err), fmt="o", ms=3, lw=1,
               capsize=2)
-  ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+  if chance is not None:
+    ax.axvline(chance, color="grey", lw=0.8, ls="--")
   ax.set_yticks(y, names, fontsize=7)
   ax.set_xlim(0, 1)
-  ax.set_xlabel("macro ROC-AUC (95% bootstrap interval)")
+  ax.set_xlabel(f"macro {metric} (95% bootstrap interval)")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   _save(fig, path)

@@ -78,13 +78,14 @@ class Protocol:
 def compare_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
   """`--compare` A,B,C,D -> [(A, B), (C, D)]; an odd or empty list is refused.
 
-  An operand may name a label percentage, `A@10,B@100` (`report.split_operand`); it is
+  An operand may name a probe kind and a label percentage, `A:finetune@10,B:logreg@100`
+  (`report.parse_operand`); it is
   checked here for its form and against the evaluated models and fractions later.
   """
   if not names or len(names) % 2:
     raise ValueError(f"--compare takes pairs of model names A,B[,C,D...], got {list(names)}")
   for n in names:
-    report.split_operand(n)
+    report.parse_operand(n)
   return list(zip(names[::2], names[1::2]))
 
 
@@ -225,13 +226,13 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
 
 def _task_plots(out_dir, model, task, entry, split, fractions) -> list[epath.Path]:
   """Per-class bars (zero-shot and every probe/feature at the largest fraction) and macros."""
-  top = f"{100 * max(fractions):g}"
+  del fractions  # each probe's largest fraction: `report.top_cells`
   per_class, macros = {}, {}
   for label, cell in report.cells_of(entry):
-    if cell.get("auc") is None:
-      continue
-    macros[label] = (cell["auc"], *(cell.get("interval") or [np.nan, np.nan]))
-    if label == "zero-shot" or label.startswith(f"linear probe {top}% "):
+    if cell.get("auc") is not None:
+      macros[label] = (cell["auc"], *(cell.get("interval") or [np.nan, np.nan]))
+  for label, cell in report.top_cells(entry):
+    if cell.get("auc") is not None:
       per_class[label] = {c: (a, *(cell["per_class_interval"].get(c) or [np.nan, np.nan]))
                           for c, a in cell["per_class"].items()}
   out = []
@@ -265,7 +266,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
       e.g. 'band_power'), canonicalised as the first model's records.
     compare: (A, B) model-name pairs whose paired differences are computed; None: the
       first model against the random-init baseline when there is one. A and B may be groups,
-      and either may carry a label percentage (`A@10`, `report.split_operand`).
+      and either may carry a probe kind and a label percentage (`A:finetune@10`,
+      `report.parse_operand`).
     groups: `NAME=A+B[+...]` specs (`seeds.parse_groups`): seed groups of evaluated models,
       added as rows after the models (`seeds.group_result`).
     scored: model folders of earlier evaluations (`stored.load`), added as evaluated models
@@ -305,8 +307,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
                             "cpsc2018/, csn/ and merl_zeroshot/")
   evaluated_pcts = [f"{100 * f:g}" for f in fractions]
   for pair in compare or ():
-    bad_pct = [p for _, p in map(report.split_operand, pair)
-               if p is not None and p not in evaluated_pcts]
+    bad_pct = [o.pct for o in map(report.parse_operand, pair)
+               if o.pct is not None and o.pct not in evaluated_pcts]
     if bad_pct:
       raise ValueError(f"--compare {','.join(pair)}: label percentage {bad_pct[0]} is not "
                        f"among the evaluated --fractions {evaluated_pcts}")
@@ -333,14 +335,21 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   known = set(names) | set(group_members)
   operands = []
   if compare is None:  # names as they are: a workdir may be called `run@2`
-    operands = [((names[0], None), (names[len(workdirs)], None))] if random_init else []
+    operands = ([(report.Operand(names[0]), report.Operand(names[len(workdirs)]))]
+                if random_init else [])
+  kinds = set(protocol.probes) | {report.FINETUNE} | {p for r in loaded
+                                                      for p in r.get("probes", ())}
   for pair in compare or ():
-    split = [(m, None) if m in known else report.split_operand(m) for m in pair]
-    bad = [m for m, _ in split if m not in names and m not in group_members]
+    ops = [report.parse_operand(m, known) for m in pair]
+    bad = [str(o) for o in ops if o.name not in known]
     if len(pair) != 2 or bad:
       raise ValueError(f"--compare needs two of the evaluated models or groups "
                        f"{names + list(group_members)}, got {list(pair)}")
-    operands.append(split)
+    bad_probe = [o.probe for o in ops if o.probe and o.probe not in kinds]
+    if bad_probe:
+      raise ValueError(f"--compare {','.join(pair)}: probe kind {bad_probe[0]!r} is not among "
+                       f"the evaluated ones {sorted(kinds)}")
+    operands.append(ops)
   all_results = []
   for enc, name in zip(encoders, names):
     res = evaluate_encoder(enc, task_names, fractions, data_root=data_root,
@@ -360,8 +369,9 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     summary.write_results(out / group.replace("/", "_"), res)
     by_name[group] = res
     all_results.append(res)
-  comparisons = [report.compare(by_name[a], by_name[b], protocol.resamples, protocol.seed,
-                                percentages=(pa, pb))
-                 for (a, pa), (b, pb) in operands]
+  comparisons = [report.compare(by_name[a.name], by_name[b.name], protocol.resamples,
+                                protocol.seed,
+                                percentages=(a.pct, b.pct), probes=(a.probe, b.probe))
+                 for a, b in operands]
   summary.write_summary(out, all_results, comparisons)
   return all_results

@@ -11,8 +11,13 @@ seeds 0, 1, 2) adds a row NAME to the tables. Each of its cells is
   models' intervals). It holds the record-sampling noise of the seed mean; the seeds' own
   spread is shown beside it, as each member's AUC (`seed_aucs`).
 
+A group's AUPRC is built the same way (`auprc`, `auprc_interval`, `seed_auprcs`) on the same
+resamples; `positives` counts each class's positives among the group's common records.
+
 A group can be named in `--compare` like a model: each resample then scores the mean over
-A's seeds minus the mean over B's (`report.compare`, `bootstrap.paired_interval`).
+A's seeds minus the mean over B's (`report.compare`, `bootstrap.paired_interval`); the
+permutation test swaps whole records between two groups of as many seeds, member by member
+(`permutation.paired_test`).
 """
 
 from __future__ import annotations
@@ -58,21 +63,29 @@ def score_sets(cell: dict) -> list[np.ndarray]:
 
 
 def _cell(members: Sequence[dict], y: np.ndarray, idx: Sequence[np.ndarray],
-          counts: np.ndarray) -> dict:
+          counts: np.ndarray, classes: Sequence[str] | None) -> dict:
   """The group cell of the members' cells (rows `idx[k]` of member k are the common rows)."""
+  counted = {"records": int(len(y))}
+  if classes is not None:
+    counted["positives"] = cells.positives(y, classes)
   missing = [(c or {}).get("reason", "no cell") for c in members
              if c is None or c.get("auc") is None]
   if missing:
-    return cells.no_cell(f"a seed has no number: {missing[0]}", seeds=len(members))
+    return cells.no_cell(f"a seed has no number: {missing[0]}", seeds=len(members), **counted)
   cols = sorted(set.intersection(*(set(c["_columns"]) for c in members)))
   cols = [j for j in cols if 0 < y[:, j].sum() < len(y)]
   if len(cols) < auc_lib.MIN_CLASSES:
-    return cells.no_cell(f"{len(cols)} class(es) scored by every seed", seeds=len(members))
+    return cells.no_cell(f"{len(cols)} class(es) scored by every seed", seeds=len(members),
+                         **counted)
   sets = [np.asarray(s, np.float64)[i] for c, i in zip(members, idx) for s in score_sets(c)]
-  iv = bootstrap.mean_macro_interval(y[:, cols], [s[:, cols] for s in sets], counts)
+  y_cols, s_cols = y[:, cols], [s[:, cols] for s in sets]
+  iv = bootstrap.mean_macro_interval(y_cols, s_cols, counts)
+  pr = bootstrap.mean_macro_interval(y_cols, s_cols, counts, metric="auprc")
   return {"auc": float(np.mean(iv["member_aucs"])), "interval": iv["interval"],
-          "seed_aucs": iv["member_aucs"], "seeds": len(sets), "classes_scored": len(cols),
-          "resamples": iv["resamples"], "_score_sets": sets, "_columns": cols}
+          "seed_aucs": iv["member_aucs"], "auprc": float(np.mean(pr["member_aucs"])),
+          "auprc_interval": pr["interval"], "seed_auprcs": pr["member_aucs"],
+          "seeds": len(sets), "classes_scored": len(cols), "resamples": iv["resamples"],
+          **counted, "_score_sets": sets, "_columns": cols}
 
 
 def _map_cells(entries: Sequence[dict], fn) -> dict:
@@ -125,6 +138,9 @@ def group_result(name: str, members: Sequence[dict], resamples: int = bootstrap.
       stored.check_same_labels(members[0]["model"], y, m["model"], np.asarray(e["_y"])[i], task)
     counts = bootstrap.resample_counts(len(common), resamples, seed)
     entry = {"_y": y, "_rows": common, "records": int(len(common))}
-    entry.update(_map_cells(entries, lambda cs: _cell(cs, y, idx, counts)))
+    classes = entries[0].get("classes")  # absent in hand-built results
+    if classes is not None:
+      entry["classes"] = list(classes)
+    entry.update(_map_cells(entries, lambda cs: _cell(cs, y, idx, counts, classes)))
     out["tasks"][task] = entry
   return out

@@ -10,7 +10,9 @@ paired on the same records and resamples.
 
 The arrays are read with `allow_pickle=False`; a folder whose arrays do not match its
 `results.json`, or that was scored on another split or with other bootstrap settings than
-the current call, is refused with the reason.
+the current call, is refused with the reason. A folder written before cells carried AUPRC is
+upgraded on loading: each cell's AUPRC, interval (on the stored resamples) and per-class
+positives are computed from its stored scores, as `cells.score` computes them now.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import json
 
 import numpy as np
 from etils import epath
+
+from cgdmer_jax.evaluators import bootstrap
+from cgdmer_jax.evaluators import cells
 
 SCORES_FILE = "scores.npz"
 RESULTS_FILE = "results.json"
@@ -68,6 +73,15 @@ def _put(results: dict, path: tuple[str, ...], value, where: epath.Path) -> None
   node[path[-1]] = value.tolist() if path[-1] in _LISTS else value
 
 
+def _cells(entry: dict) -> list[tuple[str, dict]]:
+  """(label, cell) of every cell of a task entry."""
+  out = [("zero-shot", entry.get("zero_shot"))]
+  for probe, by_feat in (entry.get("linear_probe") or {}).items():
+    for feat, by_frac in by_feat.items():
+      out += [(f"{probe} {feat} {frac}%", c) for frac, c in by_frac.items()]
+  return [(label, c) for label, c in out if isinstance(c, dict)]
+
+
 def _missing_scores(results: dict) -> list[str]:
   """Cells with a number but no per-record scores, and scored tasks without labels/rows."""
   missing = []
@@ -76,14 +90,35 @@ def _missing_scores(results: dict) -> list[str]:
       continue
     if "_y" not in entry or "_rows" not in entry:
       missing.append(f"{task}: labels or rows")
-    cells = [("zero-shot", entry.get("zero_shot"))]
-    for probe, by_feat in (entry.get("linear_probe") or {}).items():
-      for feat, by_frac in by_feat.items():
-        cells += [(f"{probe} {feat} {frac}%", c) for frac, c in by_frac.items()]
-    missing += [f"{task} {label}" for label, c in cells
-                if isinstance(c, dict) and c.get("auc") is not None
-                and ("_scores" not in c or "_columns" not in c)]
+    missing += [f"{task} {label}" for label, c in _cells(entry)
+                if c.get("auc") is not None and ("_scores" not in c or "_columns" not in c)]
   return missing
+
+
+def _add_auprc(results: dict, resamples: int | None, seed: int | None) -> None:
+  """Gives the cells of results stored before AUPRC existed their AUPRC keys, `records` and
+  `positives` (`cells.score`), from their stored scores on the stored resamples."""
+  stored_bootstrap = results.get("bootstrap") or {}
+  num = stored_bootstrap.get("resamples") or resamples or bootstrap.NUM_RESAMPLES
+  seed = stored_bootstrap.get("seed", seed or 0)
+  for entry in results["tasks"].values():
+    if not isinstance(entry, dict) or "_y" not in entry:
+      continue
+    y = np.asarray(entry["_y"])
+    counts = None
+    for _, cell in _cells(entry):
+      cell.setdefault("records", int(len(y)))
+      if entry.get("classes") is not None:
+        cell.setdefault("positives", cells.positives(y, entry["classes"]))
+      if cell.get("auc") is None or "auprc" in cell:
+        continue
+      # Per-class names of the scored columns: those of its per-class AUCs, in column order.
+      names = [str(j) for j in range(y.shape[1])]
+      for j, name in zip(cell["_columns"], cell.get("per_class") or {}):
+        names[j] = name
+      if counts is None:
+        counts = bootstrap.resample_counts(len(y), num, seed)
+      cell.update(cells.auprc_keys(y, cell["_scores"], names, cell["_columns"], counts))
 
 
 def load(folder, *, split: str | None = None, resamples: int | None = None,
@@ -136,6 +171,7 @@ def load(folder, *, split: str | None = None, resamples: int | None = None,
     if "_y" in entry and len(entry["_y"]) != len(entry["_rows"]):
       raise ValueError(f"--scored {folder}: {task} has {len(entry['_y'])} labels for "
                        f"{len(entry['_rows'])} rows")
+  _add_auprc(results, resamples, seed)
   return results
 
 

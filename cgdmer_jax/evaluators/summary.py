@@ -50,7 +50,7 @@ def write_results(out_dir: epath.Path, results: dict) -> None:
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / stored.RESULTS_FILE).write_text(json.dumps(clean(results), indent=2))
-  text = report.markdown([results])
+  text = report.markdown([results], per_class=True)
   table = retrieval.markdown([results])
   (out_dir / "results.md").write_text(text + ("\n" + table if table else ""))
   stored.save(out_dir, results)
@@ -72,8 +72,11 @@ def write_summary(out: epath.Path, all_results: Sequence[dict],
   (out / "summary.json").write_text(json.dumps(
       [{"model": r["model"], "dir": str(model_dir(out, r["model"])), "split": r["split"],
         "tasks": {t: {label: {"auc": c.get("auc"), "interval": c.get("interval"),
+                              "auprc": c.get("auprc"), "auprc_interval": c.get("auprc_interval"),
                               "reason": c.get("reason"),
-                              **({"seed_aucs": c["seed_aucs"]} if c.get("seed_aucs") else {})}
+                              **({"seed_aucs": c["seed_aucs"]} if c.get("seed_aucs") else {}),
+                              **({"seed_auprcs": c["seed_auprcs"]} if c.get("seed_auprcs")
+                                 else {})}
                       for label, c in report.cells_of(e)}
                   for t, e in r["tasks"].items()},
         **({"retrieval": r["retrieval"]} if r.get("retrieval") else {})}
