@@ -19,7 +19,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Command -> flags its help must describe.
 COMMANDS = {
     "cgdmer_jax.main": ("--config", "--workdir"),
-    "cgdmer_jax.evaluate": ("--tasks", "--random_init"),
+    "cgdmer_jax.evaluate": ("--tasks", "--random_init", "--leads", "--retrieval_data"),
+    "cgdmer_jax.finetune": ("--workdir", "--layer_decay", "--labels_csv", "--leads"),
+    "cgdmer_jax.diagnose": ("--workdir", "--split"),
     "cgdmer_jax.export": ("--workdir", "--overwrite"),
     "cgdmer_jax.embed": ("--model", "--input"),
     "cgdmer_jax.benchmark": ("--devices", "--ablation"),

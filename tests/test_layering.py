@@ -23,7 +23,8 @@ LAYERS = (
               "cgdmer_jax.siglip", "cgdmer_jax.objective")),
     ("input", ("cgdmer_jax.data", "data_pipelines")),
     ("trainer", ("cgdmer_jax.train",)),
-    ("evaluation", ("cgdmer_jax.evaluators", "cgdmer_jax.inference", "cgdmer_jax.encoder")),
+    ("evaluation", ("cgdmer_jax.evaluators", "cgdmer_jax.inference", "cgdmer_jax.encoder",
+                    "cgdmer_jax.finetuning")),
     ("perf", ("cgdmer_jax.perf",)),
     ("commands", ("cgdmer_jax", "configs")),  # what no prefix above claims: the package root
 )

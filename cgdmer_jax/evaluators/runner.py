@@ -125,7 +125,7 @@ def _probe(protocol: Protocol, probe: str, *args, **kwargs) -> dict:
 def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[float], *,
                      data_root, tables_root=None, prompts_path=None,
                      protocol: Protocol = Protocol(), out_dir=None, progress: bool = True,
-                     retrieval_data=None) -> dict:
+                     retrieval_data=None, name: str | None = None) -> dict:
   """Zero-shot and linear-probe macro AUCs (with intervals) of `encoder` on `task_names`.
 
   Args:
@@ -140,6 +140,7 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
     progress: progress bars.
     retrieval_data: a converted dataset with reports: ECG <-> report retrieval on its
       `protocol.split` (`retrieval.py`), stored under results["retrieval"]; None: not run.
+    name: the model's name in the results (default: the encoder's).
 
   Returns:
     The results dict written to results.json, plus private "_" keys (scores of the
@@ -156,7 +157,7 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
   rep = protocol.split
   sel = "val" if rep == "test" else None  # never select on the split that is reported
   needed = ("train", "val", "test") if rep == "test" else ("train", "val")
-  results = {"model": encoder.name, "fractions": list(fractions), "split": rep,
+  results = {"model": name or encoder.name, "fractions": list(fractions), "split": rep,
              "probes": list(protocol.probes), "features": list(protocol.features),
              "leads": list(protocol.leads),
              "bootstrap": {"resamples": protocol.resamples, "seed": protocol.seed,
@@ -355,8 +356,7 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
     res = evaluate_encoder(enc, task_names, fractions, data_root=data_root,
                            tables_root=tables_root, prompts_path=prompts, protocol=protocol,
                            out_dir=out / name.replace("/", "_"), progress=progress,
-                           retrieval_data=retrieval_data)
-    res["model"] = name
+                           retrieval_data=retrieval_data, name=name)
     all_results.append(res)
   for res, name in zip(loaded, names[len(encoders):]):
     res["model"] = name
