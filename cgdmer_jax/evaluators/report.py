@@ -5,10 +5,9 @@ bootstrap interval; MERL's probe adds `[74.0]`, its max over epochs (selected on
 split, as MERL reports it). A cell without a number reads "–", and its reason is listed under
 the table. The same table follows for macro AUPRC (average precision), whose chance level is
 each class's prevalence rather than 50; `per_class_markdown` lists both per class. `compare`
-scores two models on the records both have, with the same resamples, and gives the paired
-interval of the AUROC and AUPRC differences and a paired permutation test
-(`permutation.py`), cell against cell or, with an operand `NAME:PROBE@PCT`
-(`parse_operand`), a cell of one probe kind or label fraction against another's.
+gives paired intervals and permutation tests (`permutation.py`) of the AUROC and AUPRC
+differences of two models on the records both have, cell against cell or (`NAME:PROBE@PCT`,
+`parse_operand`) one probe kind or label fraction against another's.
 """
 
 from __future__ import annotations
@@ -143,6 +142,9 @@ def markdown(all_results: Sequence[dict], per_class: bool = False) -> str:
     lines.append("A seed group's cell (`--group`) is the mean over its seeds on the records "
                  "and classes all of them scored, its interval that of the mean over the same "
                  "record resamples; {braces}: each seed's AUC.")
+  if any(FINETUNE in r.get("probes", ()) for r in all_results):
+    lines.append("fine-tune: all weights trained (`finetune`); the epoch of the best selection "
+                 "AUC: val (test reported) or 10 % of the training subset held out (val).")
   if any(t == "csn_exact" for t in task_names):
     lines.append("`csn`: MERL's label columns (substring-matched); `csn_exact`: a class is "
                  "positive when it is one of the record's diagnosis tokens.")
