@@ -267,3 +267,18 @@ def test_a_small_subset_takes_repeated_passes_up_to_the_minimum_steps():
   np.testing.assert_array_equal(np.bincount(small), np.full(26, len(small) // 26))
   np.testing.assert_array_equal(small, loop.epoch_order(26, 64, 10, seed=0, epoch=1))
   assert not np.array_equal(small, loop.epoch_order(26, 64, 10, seed=0, epoch=2))
+
+
+def test_selection_never_uses_the_reported_split_nor_a_handful_of_rows():
+  def split(n):
+    y = np.zeros((n, 2), np.int8)
+    y[::2, 0] = 1
+    y[1::2, 1] = 1
+    return data.Split(store=None, pos=np.arange(n), y=y, rows=np.arange(n))
+  train, select, how = runner._selection(split(26), None, seed=0)  # 1 %: 3 rows would select
+  assert how == "last_epoch" and select is None and len(train) == 26
+  train, select, how = runner._selection(split(2589), None, seed=0)
+  assert how == "train_holdout" and len(select) == 259 and len(train) == 2330
+  assert not set(train.rows) & set(select.rows)
+  train, select, how = runner._selection(split(26), split(40), seed=0)
+  assert how == "val" and len(select) == 40

@@ -86,12 +86,13 @@ def _scorable(y: np.ndarray, columns: Sequence[int]) -> list[int]:
 def _selection(train: data.Split, val: data.Split | None, seed: int
                ) -> tuple[data.Split, data.Split | None, str]:
   """(training rows, selection rows, selection name): val when given and scorable, else a
-  seeded `HOLDOUT_FRACTION` of the training rows held out."""
+  seeded `HOLDOUT_FRACTION` of the training rows held out, or none (the last epoch) when that
+  would be fewer than `MIN_HOLDOUT_ROWS`."""
   if val is not None and len(val) and _scorable(val.y, range(val.y.shape[1])):
     return train, val, "val"
   n = len(train)
   hold = int(round(config_lib.HOLDOUT_FRACTION * n))
-  if hold < 1 or n - hold < 1:
+  if hold < config_lib.MIN_HOLDOUT_ROWS or n - hold < 1:
     return train, None, "last_epoch"
   perm = np.random.default_rng(seed).permutation(n)
   return train.take(np.sort(perm[hold:])), train.take(np.sort(perm[:hold])), "train_holdout"
@@ -202,6 +203,7 @@ def finetune_source(ctx: _Context, source: model.Source, name: str, model_dir: e
              "bootstrap": {"resamples": run.resamples, "seed": 0, "level": bootstrap.LEVEL},
              "finetune": {**dataclasses.asdict(run.config),
                           "holdout_fraction": config_lib.HOLDOUT_FRACTION,
+                          "min_holdout_rows": config_lib.MIN_HOLDOUT_ROWS,
                           "devices": ctx.mesh.size, "source": source.origin}, "tasks": {}}
   fs, seconds = int(source.config.data.fs), float(source.config.data.seconds)
   for task, tables_root, make_find, missing in tasks:
