@@ -14,7 +14,9 @@ pooled features (`--features`) feed a linear head; every weight is trained (Adam
 cosine, layer-wise learning-rate decay; `--freeze_blocks=N` freezes the patch embedding and
 the first N blocks) with sigmoid BCE. The tasks, label fractions, splits and lead sets are
 `evaluate`'s; early stopping uses val (`--split=test`) or, with `--split=val` (test never
-read), a seeded 10 % of the training subset. `--records_dir` + `--labels_csv` fine-tune on
+read), a seeded 10 % of the training subset (under 50 such rows: no selection, the last of
+`--epochs`). An epoch over a small subset repeats its rows up to `--min_steps_per_epoch`
+batches. `--records_dir` + `--labels_csv` fine-tune on
 your own records: a CSV with columns record, split (train/val/test) and one 0/1 column per
 class (cgdmer_jax/finetuning/custom.py).
 
@@ -25,7 +27,8 @@ where it stopped and gives the results of an uninterrupted run; finished cells a
 scheduler to resubmit.
 
 Writes `<out>/<model>/results.{json,md}` and `scores.npz` in `evaluate`'s format (metric
-`linear probe <pct>% finetune <features>`, readable by `evaluate --scored/--compare`) and
+`fine-tune <pct>% <features>`, probe kind `finetune`, readable by `evaluate --scored` and
+`--compare=A:finetune,B:logreg`) and
 `<out>/summary.md`, with the paired difference against random init when it is there.
 Default --out: `<first workdir>/finetune`.
 Exit status: 0 done; 2 bad usage (unknown task or lead, missing model or data, a malformed
