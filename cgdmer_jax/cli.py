@@ -27,10 +27,23 @@ from collections.abc import Sequence
 import ml_collections
 from absl import app
 from absl import flags
+from absl import logging
+
+from data_pipelines import tensorflow_quiet
 
 OK, ERROR, USAGE, RESUBMIT = 0, 1, 2, 75
 
 _HELP = ("--help", "-help", "--helpshort", "--helpfull", "-h", "-?", "--helpxml")
+
+
+def quiet_start() -> None:
+  """What a command's main() does first: TensorFlow loaded without its banner (before anything
+  imports it) and absl logging at WARNING unless --verbosity is given (results and failures
+  are printed, not logged). JAX and the modules that import it come after."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  tensorflow_quiet.load()
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 class UsageError(Exception):

@@ -14,14 +14,10 @@ Exit status: 0 done; 2 bad usage (not a workdir, no such checkpoint or dataset);
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
-from absl import logging
 from etils import epath
 
 from cgdmer_jax import cli
-from data_pipelines import tensorflow_quiet
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX and TF start: the evaluator is imported inside.
 
@@ -38,10 +34,7 @@ _OUT = flags.DEFINE_string("out", None, "JSON output (default: <workdir>/diagnos
 
 def main(argv) -> int:
   del argv
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  tensorflow_quiet.load()  # before anything else imports it: no start-up banner
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_start()
   if not _WORKDIR.value:
     raise cli.UsageError("--workdir is required (a training workdir)")
   from cgdmer_jax.evaluators import disentanglement

@@ -31,13 +31,11 @@ import tempfile
 
 import numpy as np
 from absl import flags
-from absl import logging
 from etils import epath
 
 from cgdmer_jax import cli
 from cgdmer_jax import progress
 from data_pipelines import locate
-from data_pipelines import tensorflow_quiet
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so it imports `inference` (and with it
 # JAX) inside.
@@ -152,10 +150,7 @@ def index_path(out: epath.Path) -> epath.Path:
 
 def main(argv) -> int:
   del argv
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  tensorflow_quiet.load()  # before anything else imports it: no start-up banner
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
+  cli.quiet_start()
   from cgdmer_jax import inference
 
   out = epath.Path(_OUT.value)  # local or object storage alike

@@ -32,17 +32,14 @@ Exit status: 0 done; 2 bad usage (unknown task, missing model or data); 1 other 
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
-from absl import logging
 from etils import epath
 
 from cgdmer_jax import cli
 from cgdmer_jax.evaluators import leads
 from cgdmer_jax.evaluators import logreg_probe
-from data_pipelines import tensorflow_quiet
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so it imports the JAX evaluators inside.
 
@@ -111,10 +108,7 @@ _STEP = flags.DEFINE_string("step", "latest", "Checkpoint of training workdirs: 
 
 def main(argv) -> int:
   del argv
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  tensorflow_quiet.load()  # before anything else imports it: no start-up banner
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
+  cli.quiet_start()
   from cgdmer_jax.evaluators import linear_probe
   try:
     fractions = [float(f) / 100 for f in _FRACTIONS.value]

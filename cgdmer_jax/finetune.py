@@ -37,16 +37,13 @@ labels CSV); 75 stopped by --max_epochs_per_run with work left (rerun it); 1 oth
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
-from absl import logging
 from etils import epath
 
 from cgdmer_jax import cli
 from cgdmer_jax.finetuning import config as config_lib
-from data_pipelines import tensorflow_quiet
 
 # main() sets TF_CPP_MIN_LOG_LEVEL before JAX starts, so it imports the JAX modules inside.
 
@@ -104,10 +101,7 @@ _MAX_EPOCHS_RUN = flags.DEFINE_integer("max_epochs_per_run", 0, "Stop after this
 
 def main(argv) -> int:
   del argv
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  tensorflow_quiet.load()  # before anything else imports it: no start-up banner
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # results and failures are printed, not logged
+  cli.quiet_start()
   from cgdmer_jax.evaluators import leads  # noqa: PLC0415 (after TF_CPP_MIN_LOG_LEVEL)
   from cgdmer_jax.finetuning import runner  # noqa: PLC0415
   try:
