@@ -201,18 +201,23 @@ def test_export_cli_hub_dir_and_savedmodel(quick, enc, tmp_path):
   leads[2, 3] = False
   texts = ["sinus rhythm, normal ecg", "atrial fibrillation", "left axis"]
   ids, lens = enc.tokenize(texts)
-  np.savez(tmp_path / "x.npz", ecg=ecg, valid=valid, leads=leads, ids=ids, lens=lens)
-  (tmp_path / "serve.py").write_text(_SERVE_TF)
-  proc = subprocess.run([sys.executable, str(tmp_path / "serve.py"), str(hub / "savedmodel"),
-                         str(tmp_path / "x.npz"), str(tmp_path / "tf.npz")], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  got = np.load(tmp_path / "tf.npz", allow_pickle=False)
+  got = _serve_savedmodel(tmp_path, hub / "savedmodel", ecg, valid, leads, ids, lens)
   want_e, want_t = enc.embed_ecg(ecg, valid, leads), enc.embed_text(texts)
   for k in ("embedding", "shared", "specific", "probe"):
     np.testing.assert_allclose(got[f"ecg_{k}"], want_e[k], rtol=1e-4, atol=1e-5)
   for k in ("embedding", "shared", "specific"):
     np.testing.assert_allclose(got[f"text_{k}"], want_t[k], rtol=1e-4, atol=1e-5)
+
+
+def _serve_savedmodel(tmp_path, savedmodel, ecg, valid, leads, ids, lens):
+  """The SavedModel's outputs on these inputs, computed by TensorFlow in a separate process."""
+  np.savez(tmp_path / "x.npz", ecg=ecg, valid=valid, leads=leads, ids=ids, lens=lens)
+  (tmp_path / "serve.py").write_text(_SERVE_TF)
+  proc = subprocess.run([sys.executable, str(tmp_path / "serve.py"), str(savedmodel),
+                         str(tmp_path / "x.npz"), str(tmp_path / "tf.npz")], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return np.load(tmp_path / "tf.npz", allow_pickle=False)
 
 
 def test_bfloat16_savedmodel_matches_the_bfloat16_jax_export(quick, tmp_path):
@@ -223,13 +228,7 @@ def test_bfloat16_savedmodel_matches_the_bfloat16_jax_export(quick, tmp_path):
   ecg, valid, leads = enc.canonicalize(np.random.default_rng(5).normal(0, 0.3, (4, 12, 1000)),
                                        fs=100)
   ids, lens = enc.tokenize(["sinus rhythm", "atrial fibrillation"])
-  np.savez(tmp_path / "x.npz", ecg=ecg, valid=valid, leads=leads, ids=ids, lens=lens)
-  (tmp_path / "serve.py").write_text(_SERVE_TF)
-  proc = subprocess.run([sys.executable, str(tmp_path / "serve.py"), str(out / "savedmodel"),
-                         str(tmp_path / "x.npz"), str(tmp_path / "tf.npz")], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  got = np.load(tmp_path / "tf.npz", allow_pickle=False)
+  got = _serve_savedmodel(tmp_path, out / "savedmodel", ecg, valid, leads, ids, lens)
   # bfloat16 matmuls: the stated tolerance is 2e-2 relative, 2e-3 absolute on unit-norm outputs.
   np.testing.assert_allclose(got["ecg_embedding"], enc.embed_ecg(ecg, valid, leads)["embedding"],
                              rtol=2e-2, atol=2e-3)
