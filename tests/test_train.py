@@ -10,6 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from cgdmer_jax import cli
 from cgdmer_jax import overrides as overrides_lib
@@ -105,6 +106,8 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
 def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords, caplog):
   assert jax.device_count() == 8
   caplog.set_level(logging.INFO)
+  # A command run in-process earlier in this worker may have left absl at WARNING.
+  absl_logging.set_verbosity(absl_logging.INFO)
   workdir = tmp_path / "run"
   config = tiny_config(ptbxl_tfrecords, eval_every_steps=40,
                        **{"best.zero_shot_task": "ptbxl_super",
