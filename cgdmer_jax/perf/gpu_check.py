@@ -1,21 +1,23 @@
 """The GPU check: one command that measures the step on one accelerator, writing as it goes.
 
   python3 -m cgdmer_jax.perf.gpu_check --out_dir=$OUT --peer_dir=.carry/st_mem \
-      --peer_script=.carry/st_mem_throughput.py [--budget_s=420]
+      --peer_script=.carry/st_mem_throughput.py [--budget_s=480]
   python -m cgdmer_jax.perf.gpu_check --dry_run --out_dir=/tmp/gpu_check [--peer_dir=...]
 
 The measurements (docs/PERFORMANCE.md, "GPU check"), in this order, each started only while
 the total budget (--budget_s) still holds its own (`PLAN`), the most important first:
-  1. `stmem_eager`, `stmem_compile`: ST-MEM's own base step through the peer harness (a
-     subprocess; `--device cuda --autocast bf16`, eager and `--compile`) at --stmem_batch,
-     2250 samples, patch 75, mask ratio 0.75; before this process first touches the GPU, so
-     JAX's memory pool does not starve them.
+  1. `stmem_eager`: ST-MEM's own base step through the peer harness (a subprocess;
+     `--device cuda --autocast bf16`) at --stmem_batch, 2250 samples, patch 75, mask ratio
+     0.75; before this process first touches the GPU.
   2. `base`: configs/pretrain.py:size=base, bfloat16, float32 parameters (master weights),
      the GPU defaults. The batch fills the chip: the XLA FLOP-counting twin
      (`flops.xla_step_flops`: unrolled, no remat, XLA attention, more memory than the step)
      compiled at --probe_batch gives FLOPs and memory per example (`fit_batch`).
   3. `stmem_ours`: configs/stmem_matched.py:size=base in bfloat16 at --stmem_batch.
-  4. `SWITCHES`, one at a time, same batch and process, and `small` at its own filled batch.
+  4. `stmem_compile`: the peer step under `torch.compile` (its compile took over 150 s on the
+     H200 machine's 16 cores, 2026-12-04), in the quarter of the card JAX's pool leaves free
+     (XLA_PYTHON_CLIENT_MEM_FRACTION=0.75 unless given).
+  5. `SWITCHES`, one at a time, same batch and process, and `small` at its own filled batch.
 MFU = XLA FLOPs / step time / the bf16 peak of `flops.PEAK_TFLOPS`. gpu_check.json and .md
 in --out_dir are rewritten after each measurement; a watchdog ends the process (exit 3)
 --grace_s after the budget. --dry_run: tiny sizes, 1 step, the peer on the CPU, budgets 10x.
@@ -27,7 +29,8 @@ import os
 
 if __name__ == "__main__":
   # Before a GPU backend starts: JAX may take most of the card (the peers ran before).
-  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
+  # JAX's pool leaves a quarter of the card to the peer's torch.compile run (`stmem_compile`).
+  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -61,7 +64,7 @@ from configs import stmem_matched
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Write gpu_check.json and gpu_check.md here.")
 # --peer_dir, --peer_script, --peer_python are stmem_compare's flags (FLAGS.peer_*); without
 # the first two the peer measurements are errors.
-_BUDGET = flags.DEFINE_float("budget_s", 420.0, "Total seconds for all measurements.")
+_BUDGET = flags.DEFINE_float("budget_s", 480.0, "Total seconds for all measurements.")
 _GRACE = flags.DEFINE_float("grace_s", 30.0, "Watchdog: exit this long after the budget.")
 _DRY = flags.DEFINE_bool("dry_run", False, "Tiny sizes, 1 step, the peer on the CPU.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these measurements (names in PLAN).")
@@ -72,9 +75,9 @@ _STEPS = flags.DEFINE_integer("timed_steps", 10, "Timed steps per measurement (d
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s override (0: flops.PEAK_TFLOPS).")
 
 # (name, seconds it may take): upper estimates for one H200, in the order they run.
-PLAN = (("stmem_eager", 60), ("stmem_compile", 150), ("base", 150), ("stmem_ours", 60),
-        ("xla_attention", 50), ("remat", 50), ("unrolled", 70), ("batch_chunks_8", 40),
-        ("small", 90), ("einsum_attention", 50))
+PLAN = (("stmem_eager", 60), ("base", 150), ("stmem_ours", 60), ("stmem_compile", 240),
+        ("xla_attention", 50), ("remat", 50), ("small", 90), ("unrolled", 70),
+        ("batch_chunks_8", 40), ("einsum_attention", 50))
 DRY_RUN_BUDGET_SCALE = 10
 # The switches: (name, runs on, overrides); each flips one GPU default of the measured config.
 SWITCHES = {
@@ -295,10 +298,9 @@ def main(argv) -> None:
     raise app.UsageError(f"--only: unknown {sorted(set(_ONLY.value) - set(wanted))}")
   budgets = {n: b * scale for n, b in PLAN}
   done: dict[str, dict] = {}
-  for name in ("stmem_eager", "stmem_compile"):  # before JAX takes the GPU
-    if name in wanted:
-      rec.run(name, budgets[name],
-              lambda n=name: run_peer(rec, n == "stmem_compile", budgets[n]))
+  if "stmem_eager" in wanted:  # before JAX takes the GPU
+    rec.run("stmem_eager", budgets["stmem_eager"],
+            lambda: run_peer(rec, False, budgets["stmem_eager"]))
   try:
     devices = jax.devices()[:1]
   except RuntimeError as e:  # no usable backend: keep the peers' numbers and say why
@@ -316,9 +318,12 @@ def main(argv) -> None:
       configs[name] = _config(name)
     return configs[name]
   for name in wanted:
-    if name in ("stmem_eager", "stmem_compile"):
+    if name == "stmem_eager":
       continue
-    if name in ("base", "stmem_ours", "small"):
+    if name == "stmem_compile":
+      def fn():
+        return run_peer(rec, True, budgets["stmem_compile"])
+    elif name in ("base", "stmem_ours", "small"):
       def fn(n=name):
         return measure(config_of(n), devices, fit=(n != "stmem_ours"))
     else:
