@@ -111,6 +111,47 @@ def disentangle_loss(shared_BxS: jax.Array, specific_BxP: jax.Array,
   return jnp.mean(corr_SxP * corr_SxP)
 
 
+DISENTANGLE_ESTIMATORS = ("pearson", "cka")
+
+
+def disentangle_term(outputs: dict, row_ok_B: jax.Array, text_ok_B: jax.Array,
+                     estimator: str, cross: bool) -> jax.Array:
+  """The disentanglement term: how much each specific space shares with the shared spaces.
+
+  Within each modality, shared vs specific (the report's on rows with a report); with
+  `cross`, also across the pair: ECG-specific vs report-shared and report-specific vs
+  ECG-shared, so a specific space is pushed away from what the other modality carries.
+
+  Args:
+    outputs: `CGDMER.__call__` output (`ecg/shared`, `ecg/specific`, and the report's when
+      the report tower runs).
+    row_ok_B: rows that count (batch padding excluded).
+    text_ok_B: rows with a report.
+    estimator: 'pearson' (`disentangle_loss`, DSN's soft orthogonality; its value for
+      independent features is 1/(n-1), so at batch 32 it cannot see redundancy) or 'cka'
+      (`debiased_cka` clipped at 0: about 0 for independent features at any batch size).
+    cross: add the cross-modal pairs.
+
+  Returns:
+    float32 scalar: the sum over the pairs.
+  """
+  if estimator not in DISENTANGLE_ESTIMATORS:
+    raise ValueError(f"unknown loss.disentangle_estimator {estimator!r}; "
+                     f"known: {DISENTANGLE_ESTIMATORS}")
+  if estimator == "pearson":
+    measure = disentangle_loss
+  else:
+    def measure(x, y, valid):
+      return jnp.maximum(debiased_cka(x, y, valid), 0.0)
+  pairs = [("ecg/shared", "ecg/specific", row_ok_B)]
+  if "text/shared" in outputs:
+    pairs.append(("text/shared", "text/specific", text_ok_B))
+    if cross:
+      pairs += [("text/shared", "ecg/specific", text_ok_B),
+                ("ecg/shared", "text/specific", text_ok_B)]
+  return sum(measure(outputs[a], outputs[b], ok) for a, b, ok in pairs)
+
+
 TERMS = ("ecg", "text", "contrastive", "disentangle")
 
 
@@ -224,9 +265,8 @@ def total(outputs: dict, batch: dict, masks: dict, config: ml_collections.Config
     metrics["siglip/bias"] = outputs["siglip/bias"]
     loss += scale["contrastive"] * metrics["loss/contrastive"]
   if w.disentangle > 0:
-    dis = disentangle_loss(outputs["ecg/shared"], outputs["ecg/specific"], row_ok_B)
-    if "text/shared" in outputs:
-      dis += disentangle_loss(outputs["text/shared"], outputs["text/specific"], text_ok_B)
+    dis = disentangle_term(outputs, row_ok_B, text_ok_B, w.disentangle_estimator,
+                           w.disentangle_cross)
     metrics["loss/disentangle"] = dis
     loss += scale["disentangle"] * dis
   metrics["loss"] = loss
@@ -283,7 +323,8 @@ def debiased_cka(x_BxD: jax.Array, y_BxE: jax.Array,
   independent features is 1/(n-1) and so hides redundancy at n = 32), its expectation for
   independent features is 0 at any batch size, and it is invariant to rotations and
   isotropic scaling of either set: a specific space that is a linear function of the shared
-  one scores high however its columns are mixed. Not a training loss; a diagnostic.
+  one scores high however its columns are mixed. A diagnostic (`diagnose`) and, clipped at 0,
+  the 'cka' disentanglement term; its gradient is finite for constant features too.
 
   Args:
     x_BxD: one feature set (e.g. pooled shared features).
@@ -301,6 +342,7 @@ def debiased_cka(x_BxD: jax.Array, y_BxE: jax.Array,
   xy = hsic_unbiased(k_BxB, l_BxB, n)
   xx = jnp.maximum(hsic_unbiased(k_BxB, k_BxB, n), 0.0)
   yy = jnp.maximum(hsic_unbiased(l_BxB, l_BxB, n), 0.0)
-  denom = jnp.sqrt(xx * yy)
-  ok = denom > 1e-30
-  return jnp.where(ok, xy / jnp.where(ok, denom, 1.0), 0.0)
+  prod = xx * yy
+  ok = prod > 1e-60
+  # The square root only of values kept: sqrt'(0) would turn the unused branch's gradient NaN.
+  return jnp.where(ok, xy / jnp.sqrt(jnp.where(ok, prod, 1.0)), 0.0)

@@ -139,6 +139,10 @@ def model_config(size: str, *, fs: int, vocab_size: int = 8000,
   m.mlp_ratio = 4
   # ECG features used for linear probing: 'shared', 'specific' or 'concat'.
   m.probe_features = "concat"
+  # What the generative heads (ECG decoder, masked-report head) get of the shared features:
+  # 'full', or 'stop_gradient' (they read shared but do not train it, so what only
+  # reconstruction needs must come through the specific branch; docs/MODEL.md).
+  m.heads_shared = "full"
   # ST-MEM's patch embedding, LayerNorm(patch) -> Dense -> LayerNorm(token), instead of a bare
   # Dense (docs/RECIPE.md#the-defaults-and-why).
   m.patch_norm = True

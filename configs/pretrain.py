@@ -99,6 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (a ring of ppermutes, one [B/devices, B/devices] block at a time: for global batches of
   # tens of thousands; see cgdmer_jax/siglip.py). Same loss and gradients.
   config.loss.siglip_impl = "all_gather"
+  # The disentanglement term (losses.disentangle_term): 'pearson' (DSN's soft orthogonality as
+  # mean squared Pearson correlation; chance level 1/(batch-1)) or 'cka' (debiased linear CKA,
+  # about 0 for independent features at any batch size); `disentangle_cross` also pushes each
+  # specific space away from the paired other modality's shared space (docs/MODEL.md).
+  config.loss.disentangle_estimator = "pearson"
+  config.loss.disentangle_cross = False
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3 if cpu else 3e-4

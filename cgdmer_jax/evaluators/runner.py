@@ -183,7 +183,9 @@ def evaluate_encoder(encoder, task_names: Sequence[str], fractions: Sequence[flo
       continue
     counts = bootstrap.resample_counts(len(y_rep), protocol.resamples, protocol.seed)
     entry["_y"], entry["_rows"] = y_rep, data.rows[rep]
-    if prompts is None:
+    if not task.zero_shot:
+      entry["zero_shot"] = cells.no_cell("no class prompts for this task")
+    elif prompts is None:
       entry["zero_shot"] = cells.no_cell("model has no report tower")
     else:
       texts, missing = zero_shot.class_prompts(data.classes, prompts)

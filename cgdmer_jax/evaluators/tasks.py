@@ -25,6 +25,8 @@ import pathlib
 import numpy as np
 import pandas as pd
 
+from cgdmer_jax.evaluators import attributes
+
 SPLITS = ("train", "val", "test")
 
 
@@ -43,6 +45,7 @@ class Task:
     labels: how the classes are read: "table" (the 0/1 columns), "merl" (the same, named after
       a table built by MERL's substring match) or "exact" (tokens of `diagnosis_column`).
     diagnosis_column: the comma-separated diagnosis column of the "merl"/"exact" readings.
+    zero_shot: whether the classes have prompts (attribute tasks have none).
   """
   name: str
   root: str
@@ -52,6 +55,7 @@ class Task:
   meta_columns: tuple[str, ...]
   labels: str = "table"
   diagnosis_column: str | None = None
+  zero_shot: bool = True
 
 
 _PTBXL_META = ("ecg_id", "patient_id", "strat_fold", "filename_lr", "filename_hr")
@@ -78,6 +82,11 @@ TASKS: dict[str, Task] = {
                 diagnosis_column="diagnose"),
 }
 TASKS["csn_exact"] = dataclasses.replace(TASKS["csn"], name="csn_exact", labels="exact")
+# What the ECG shows and the report seldom states (attributes.py): probed, no zero-shot.
+for _name in attributes.CLASSES:
+  TASKS[_name] = Task(name=_name, root="ptbxl", tables=attributes.TABLE, split_column=None,
+                      id_columns=("filename_lr", "filename_hr"), meta_columns=(),
+                      labels="attributes", zero_shot=False)
 # The label readings of the CSN task, by the name `evaluate --csn_labels` takes.
 CSN_READINGS = {"merl": "csn", "exact": "csn_exact"}
 
@@ -153,6 +162,13 @@ def read_labels(task: Task | str, tables_root: str | os.PathLike) -> dict[str, S
   """
   task = TASKS[task] if isinstance(task, str) else task
   root = pathlib.Path(tables_root)
+  if task.labels == "attributes":
+    path = root / task.tables
+    if not path.exists():
+      raise FileNotFoundError(f"table for {task.name} not found: {path}")
+    classes = attributes.CLASSES[task.name]
+    return {split: Split(frame=frame, y=y, classes=classes)
+            for split, (frame, y) in attributes.read_splits(task.name, path).items()}
   frames: dict[str, tuple[pd.DataFrame, pathlib.Path]] = {}
   if task.split_column is None:
     for split in SPLITS:

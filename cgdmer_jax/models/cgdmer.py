@@ -33,6 +33,7 @@ from cgdmer_jax.models import patching
 from cgdmer_jax.models import text
 
 PROBE_FEATURES = ("shared", "specific", "concat")
+HEADS_SHARED = ("full", "stop_gradient")
 
 # The ablation variants of the paper's ablation table (`configs/pretrain.py:variant=...`).
 # Each sets the loss weights (0 switches a term off and the model skips the branch that only
@@ -86,6 +87,9 @@ def branches(config: ml_collections.ConfigDict) -> dict[str, bool]:
     raise ValueError("loss.ecg > 0 needs mask.ecg = True (nothing to reconstruct otherwise)")
   if out["text_head"] and not config.mask.text:
     raise ValueError("loss.text > 0 needs mask.text = True (nothing to predict otherwise)")
+  if config.model.heads_shared not in HEADS_SHARED:
+    raise ValueError(f"unknown model.heads_shared {config.model.heads_shared!r}; "
+                     f"known: {HEADS_SHARED}")
   if config.model.probe_features not in PROBE_FEATURES:
     raise ValueError(f"unknown model.probe_features {config.model.probe_features!r}; "
                      f"known: {PROBE_FEATURES}")
@@ -100,6 +104,7 @@ class CGDMER(nnx.Module):
     self.branches = branches(config)
     self.norm_patch_target = bool(m.norm_patch_target)
     self.probe_features = m.probe_features
+    self.heads_shared = m.heads_shared
     ds = disentangle.shared_width(m)
     dtype = layers.compute_dtype(m.dtype)
     self.ecg = ecg.ECGEncoder(config, rngs=rngs)
@@ -144,7 +149,8 @@ class CGDMER(nnx.Module):
     if self.branches["contrastive"]:
       out["ecg/embedding"] = layers.l2_normalize(self.ecg_proj(out["ecg/shared"]))
     if self.branches["ecg_decoder"]:
-      out["ecg/recon"] = self.ecg_decoder(ecg_sh, ecg_sp, em["keep_idx"], em["masked_idx"])
+      out["ecg/recon"] = self.ecg_decoder(self._for_heads(ecg_sh), ecg_sp, em["keep_idx"],
+                                          em["masked_idx"])
       target = patching.gather_tokens(e["patches"], em["masked_idx"])
       if self.norm_patch_target:
         # MAE's norm_pix_loss: each target patch standardised on its own samples.
@@ -165,12 +171,16 @@ class CGDMER(nnx.Module):
       if self.branches["contrastive"]:
         out["text/embedding"] = layers.l2_normalize(self.text_proj(out["text/shared"]))
       if self.branches["text_head"]:
-        out["text/logits"] = self.text_head(txt_sh, txt_sp, tm["positions"],
+        out["text/logits"] = self.text_head(self._for_heads(txt_sh), txt_sp, tm["positions"],
                                             self.text.token_table())
     if self.branches["contrastive"]:
       out["siglip/temperature"] = jnp.exp(self.siglip.log_temp[...])
       out["siglip/bias"] = self.siglip.bias[...]
     return out
+
+  def _for_heads(self, shared: jax.Array) -> jax.Array:
+    """Shared token features as the generative heads read them (`model.heads_shared`)."""
+    return jax.lax.stop_gradient(shared) if self.heads_shared == "stop_gradient" else shared
 
   # ---- evaluation / export: no masking, every token -------------------------------------
 

@@ -8,6 +8,7 @@ import os
 import ml_collections
 from etils import epath
 
+from cgdmer_jax import losses
 from cgdmer_jax import siglip
 from cgdmer_jax.models import bert_tower
 from cgdmer_jax.models import cgdmer
@@ -21,6 +22,8 @@ from data_pipelines import tfrecord
 NORMALIZE = normalize.METHODS
 DTYPES = tuple(layers.DTYPES)
 PROBE = cgdmer.PROBE_FEATURES
+HEADS_SHARED = cgdmer.HEADS_SHARED
+DISENTANGLE_ESTIMATORS = losses.DISENTANGLE_ESTIMATORS
 
 
 class ConfigError(ValueError):
@@ -65,6 +68,11 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
            f"config.model.dec_width={m.dec_width} is not divisible by dec_heads={m.dec_heads}")
   for name in ("lead_ratio", "time_ratio", "token_ratio", "text_ratio"):
     _require(0.0 <= k[name] < 1.0, f"config.mask.{name}={k[name]} must be in [0, 1)")
+  _require(config.loss.disentangle_estimator in DISENTANGLE_ESTIMATORS,
+           f"config.loss.disentangle_estimator={config.loss.disentangle_estimator!r}; "
+           f"choose one of {DISENTANGLE_ESTIMATORS}")
+  _require(m.heads_shared in HEADS_SHARED,
+           f"config.model.heads_shared={m.heads_shared!r}; choose one of {HEADS_SHARED}")
   for name in ("ecg", "text", "contrastive", "disentangle"):
     _require(config.loss[name] >= 0, f"config.loss.{name}={config.loss[name]} must be >= 0")
   for table in ("ramp_start", "ramp_steps"):
