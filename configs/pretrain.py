@@ -5,10 +5,10 @@ Usage:
       --config.data.dir=DATA_DIR [--config.optim.lr=3e-4 ...]
 
 Config arg keys (after `:`): size (tiny|mini|small|base), variant (full|contrastive|ecg_mask|
-text_mask|ecg_mask_only, the paper's ablation rows), fs (data sampling rate, default 100 for
-tiny and mini, 500 otherwise), text (transformer|bert: the report backbone; bert is BERT-base, or
-the checkpoint of --config.model.text.init_from=DIR, a local Hugging Face folder; see
-docs/MODEL.md).
+text_mask|ecg_mask_only|contrastive_masked, the paper's ablation rows; models/cgdmer.VARIANTS),
+fs (data sampling rate, default 100 for tiny and mini, 500 otherwise), text (transformer|bert:
+the report backbone; bert is BERT-base, or the checkpoint of --config.model.text.init_from=DIR,
+a local Hugging Face folder; see docs/MODEL.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.fs = fs
   config.data.seconds = 10.0
   config.data.batch_size = 32 if cpu else 256   # global batch
-  config.data.eval_batch_size = 64 if cpu else 256
+  # The val pass's batch. The same as training's, so the terms that couple a batch's examples
+  # (SigLIP, disentanglement) have comparable train and val values (train/val_loss.py).
+  config.data.eval_batch_size = config.data.batch_size
   config.data.shuffle_buffer = 1_000 if cpu else 10_000
   # Global batches built this many steps ahead on a background thread (prefetch.device_batches),
   # so reading and the host-to-device copy overlap the running step; 0 = on demand.

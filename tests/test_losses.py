@@ -116,7 +116,8 @@ def test_total_switches_terms():
   masks = dict(text=dict(targets=np.zeros((B, 2), np.int32), weights=np.ones((B, 2))))
   out = _fake_outputs(B)
   keys = {"loss/ecg", "loss/text", "loss/contrastive", "loss/disentangle"}
-  for variant in ("full", "contrastive", "ecg_mask", "text_mask", "ecg_mask_only"):
+  for variant in ("full", "contrastive", "contrastive_masked", "ecg_mask", "text_mask",
+                  "ecg_mask_only"):
     config = pretrain.get_config(f"variant={variant}")
     loss, metrics = losses.total(out, batch, masks, config)
     active = {f"loss/{k}" for k in ("ecg", "text", "contrastive", "disentangle")

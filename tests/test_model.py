@@ -80,6 +80,8 @@ def test_full_outputs_shapes_and_dtypes():
 @pytest.mark.parametrize("variant,present,absent", [
     ("contrastive", ["ecg/embedding", "text/embedding", "siglip/bias"],
      ["ecg/recon", "text/logits"]),
+    ("contrastive_masked", ["ecg/embedding", "text/embedding", "siglip/bias"],
+     ["ecg/recon", "text/logits"]),
     ("ecg_mask", ["ecg/recon", "ecg/embedding", "text/embedding"], ["text/logits"]),
     ("text_mask", ["ecg/recon", "text/logits", "ecg/embedding"], []),
     ("ecg_mask_only", ["ecg/recon", "ecg/shared", "ecg/specific"],

@@ -20,6 +20,7 @@ from flax import nnx
 
 from cgdmer_jax import objective
 from cgdmer_jax.data import features
+from cgdmer_jax.train import val_loss
 from configs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -201,3 +202,24 @@ def test_bf16_unrolled_remat_options(batch, trained):
   grads = jax.eval_shape(jax.grad(lambda p: fn(p, batch=batch, rng=jax.random.key(0))[0]),
                          params)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def test_val_coupled_terms_average_full_batches_only(monkeypatch):
+  config = pretrain.get_config("size=tiny")
+  config.data.batch_size = config.data.eval_batch_size = 4
+  sizes = [4, 4, 2]  # the last batch is short: fewer SigLIP negatives
+  values = [1.0, 1.0, 10.0]
+  monkeypatch.setattr(val_loss, "eval_stream", lambda config, split: iter(range(3)))
+  monkeypatch.setattr(val_loss.sharding, "global_batch", lambda local, mesh: local)
+
+  def step(params, i):
+    return {"loss/ecg": values[i], "loss/contrastive": values[i],
+            "loss/disentangle": values[i], "loss": values[i], "rows": float(sizes[i])}
+  out = val_loss.evaluate_loss(None, step, config, None, "val")
+  assert out["val/loss/ecg"] == pytest.approx((4 + 4 + 20) / 10)  # per example: every row
+  for k in ("loss/contrastive", "loss/disentangle", "loss"):
+    assert out[f"val/{k}"] == pytest.approx(1.0)
+  # No full batch at all: every batch counts (and a warning says so).
+  sizes[:] = [2, 2, 2]
+  out = val_loss.evaluate_loss(None, step, config, None, "val")
+  assert out["val/loss/contrastive"] == pytest.approx(4.0)

@@ -46,6 +46,10 @@ VARIANTS = {
     # SigLIP between (unmasked) ECG and report only.
     "contrastive": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
                         mask_ecg=False, mask_text=False),
+    # SigLIP between the masked ECG and the masked report: the row above at the masking of the
+    # rows below, so "contrastive -> + masked ECG" changes one thing (the generative term).
+    "contrastive_masked": dict(ecg=0.0, text=0.0, contrastive=1.0, disentangle=0.0,
+                               mask_ecg=True, mask_text=True),
     # + spatial-temporal masked ECG modelling.
     "ecg_mask": dict(ecg=1.0, text=0.0, contrastive=4.0, disentangle=0.0,
                      mask_ecg=True, mask_text=False),

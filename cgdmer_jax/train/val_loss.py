@@ -17,6 +17,7 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from cgdmer_jax.train import accumulate
 from cgdmer_jax.train import sharding
@@ -65,6 +66,11 @@ def fetch(mets: dict[str, jax.Array]) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(mets).items()}
 
 
+def coupled_metrics() -> tuple[str, ...]:
+  """The metrics whose value depends on the batch (and so on its size): coupled terms, total."""
+  return tuple(f"loss/{t}" for t in accumulate.COUPLED_TERMS) + ("loss",)
+
+
 def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, float]:
   """Loss terms over a split: each batch's means weighted by its valid rows.
 
@@ -72,11 +78,21 @@ def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, floa
   batch of padding only, on a process with fewer files) counts in proportion to the valid
   rows it holds, not as much as a full one.
 
+  Terms that couple a batch's examples (SigLIP's negatives, the disentanglement estimate)
+  and the total loss depend on the batch size: they are averaged over the split's full
+  batches only (a short last batch has fewer negatives and a noisier estimate), so with
+  `data.eval_batch_size == data.batch_size` (the default) they are comparable with the
+  training values. A split without one full batch counts every batch, with a warning, and
+  so does an eval batch size other than the training one.
+
   Returns:
     {'val/<metric>': value} for every metric of `eval_step` except its row count.
   """
+  coupled = coupled_metrics()
+  full = float(config.data.eval_batch_size)
   sums: dict[str, float] = {}
-  rows = 0.0
+  full_sums: dict[str, float] = {}
+  rows = full_rows = 0.0
   for i, local in enumerate(eval_stream(config, split)):
     if config.eval_steps and i >= config.eval_steps:
       break
@@ -84,5 +100,20 @@ def evaluate_loss(params, eval_step, config, mesh, split: str) -> dict[str, floa
     n = mets.pop("rows")
     for k, v in mets.items():
       sums[k] = sums.get(k, 0.0) + v * n
+      if n == full:
+        full_sums[k] = full_sums.get(k, 0.0) + v * n
     rows += n
-  return {f"val/{k}": v / max(rows, 1.0) for k, v in sums.items()}
+    full_rows += n if n == full else 0.0
+  out = {f"val/{k}": v / max(rows, 1.0) for k, v in sums.items()}
+  if full_rows:
+    out.update({f"val/{k}": full_sums[k] / full_rows for k in coupled if k in full_sums})
+  elif rows:
+    logging.log_first_n(logging.WARNING, "the %s split has no full batch of %d rows: its "
+                        "%s average batches of other sizes", 1, split, int(full),
+                        ", ".join(k for k in coupled if k in sums))
+  if config.data.eval_batch_size != config.data.batch_size:
+    logging.log_first_n(logging.WARNING, "val %s use batches of %d, training %d: the two are "
+                        "not comparable (set data.eval_batch_size=%d)", 1, ", ".join(coupled),
+                        config.data.eval_batch_size, config.data.batch_size,
+                        config.data.batch_size)
+  return out
