@@ -268,7 +268,8 @@ def test_dataset_without_reports_names_the_variants_that_work(tmp_path):
 
 
 def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
-  """A padded last batch counts by its valid rows, not as much as a full batch."""
+  """A padded last batch counts by its valid rows in a per-example term, not as much as a full
+  batch; in a batch-coupled term (and the total) it does not count at all."""
   config = tiny_config(ptbxl_tfrecords, **{"data.eval_batch_size": 16})
   loop.apply_dataset_info(config, reader.load_info(config.data.dir))
   mesh = sharding.make_mesh(config)
@@ -276,12 +277,18 @@ def test_val_loss_weights_batches_by_valid_rows(ptbxl_tfrecords):
   eval_step = jax.jit(val_loss.make_eval_step(s.graphdef, config))
   with jax.set_mesh(mesh):
     params = s.init_state()["params"]
-    got = val_loss.evaluate_loss(params, eval_step, config, mesh, "val")["val/loss"]
-    losses, rows = [], []
+    got = val_loss.evaluate_loss(params, eval_step, config, mesh, "val")
+    mets, rows = [], []
     for local in val_loss.eval_stream(config, "val"):
-      losses.append(float(eval_step(params, sharding.global_batch(local, mesh))["loss"]))
+      mets.append(val_loss.fetch(eval_step(params, sharding.global_batch(local, mesh))))
       rows.append(int(local["mask"].sum()))
   assert len(set(rows)) > 1, rows  # a padded last batch, or the test shows nothing
-  want = sum(loss * n for loss, n in zip(losses, rows)) / sum(rows)
-  assert abs(want - float(np.mean(losses))) > 1e-4, (losses, rows)
-  assert got == pytest.approx(want, rel=1e-5)
+  ecg = [m["loss/ecg"] for m in mets]
+  want = sum(v * n for v, n in zip(ecg, rows)) / sum(rows)
+  assert abs(want - float(np.mean(ecg))) > 1e-5, (ecg, rows)
+  assert got["val/loss/ecg"] == pytest.approx(want, rel=1e-5)
+  full = [(m, n) for m, n in zip(mets, rows) if n == 16]
+  assert 0 < len(full) < len(mets)
+  for key in ("loss", "loss/contrastive"):
+    assert got[f"val/{key}"] == pytest.approx(
+        sum(m[key] * n for m, n in full) / sum(n for _, n in full), rel=1e-5)
