@@ -190,14 +190,15 @@ class Encoder:
               np.zeros(0, np.int32), np.zeros((0, features.NUM_LEADS), bool))
     return np.stack(ecg), np.asarray(valid, np.int32), np.stack(mask)
 
-  def probe_features(self, ecg: np.ndarray, *args, feature: str = "concat",
+  def probe_features(self, ecg: np.ndarray, *args, feature: str = "probe",
                      **kwargs) -> np.ndarray:
     """Features for a linear probe, as the benchmark extracts them.
 
     Args:
       ecg: as `embed_ecg` (canonical or raw; further arguments are passed on).
-      feature: 'concat' (shared and specific side by side, the benchmark's default),
-        'shared', 'specific', 'embedding' or 'probe' (the encoder's own probe output).
+      feature: 'probe' (the encoder's own probe output, `model.probe_features`: `shared` for
+        models trained since 2026-12-04, `concat` before), 'concat' (shared and specific side
+        by side), 'shared', 'specific' or 'embedding'.
 
     Returns:
       float32 [N, D].

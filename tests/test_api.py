@@ -116,7 +116,8 @@ def test_zero_shot_and_probe_features(enc):
   with pytest.raises(ValueError, match="non-empty strings"):
     enc.zero_shot(x, {"AF": []}, fs=250)
   out = enc.embed_ecg(x, fs=250)
-  feats = enc.probe_features(x, fs=250)
+  np.testing.assert_allclose(enc.probe_features(x, fs=250), out["probe"])
+  feats = enc.probe_features(x, fs=250, feature="concat")
   assert feats.shape == (5, out["shared"].shape[1] + out["specific"].shape[1])
   np.testing.assert_allclose(enc.probe_features(x, fs=250, feature="shared"), out["shared"])
   with pytest.raises(ValueError, match="unknown feature"):

@@ -146,7 +146,8 @@ def test_encoders_after_training_retrieve_pairs(trained, batch):
   enc_txt = objective.encode_text_fn(trained["graphdef"], trained["config"])
   e = enc_ecg(trained["params"], batch["ecg"], batch["valid_len"], batch["lead_mask"])
   t = enc_txt(trained["params"], batch["report_ids"], batch["report_len"])
-  assert e["probe"].shape == (B, 2 * trained["config"].model.ecg_width)
+  assert trained["config"].model.probe_features == "shared"
+  np.testing.assert_array_equal(e["probe"], e["shared"])
   sim = np.asarray(e["embedding"] @ t["embedding"].T)
   # Unmasked inputs at evaluation (trained on masked ones, FLIP-style): most pairs match.
   assert np.mean(sim.argmax(1) == np.arange(B)) >= 0.5, sim.round(2)
