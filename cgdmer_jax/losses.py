@@ -138,18 +138,28 @@ def disentangle_term(outputs: dict, row_ok_B: jax.Array, text_ok_B: jax.Array,
   if estimator not in DISENTANGLE_ESTIMATORS:
     raise ValueError(f"unknown loss.disentangle_estimator {estimator!r}; "
                      f"known: {DISENTANGLE_ESTIMATORS}")
-  if estimator == "pearson":
-    measure = disentangle_loss
-  else:
-    def measure(x, y, valid):
-      return jnp.maximum(debiased_cka(x, y, valid), 0.0)
   pairs = [("ecg/shared", "ecg/specific", row_ok_B)]
   if "text/shared" in outputs:
     pairs.append(("text/shared", "text/specific", text_ok_B))
     if cross:
       pairs += [("text/shared", "ecg/specific", text_ok_B),
                 ("ecg/shared", "text/specific", text_ok_B)]
-  return sum(measure(outputs[a], outputs[b], ok) for a, b, ok in pairs)
+  if estimator == "pearson":
+    return sum(disentangle_loss(outputs[a], outputs[b], ok) for a, b, ok in pairs)
+  # Each feature set's Gram matrix and self-HSIC once per row set, however many pairs use it.
+  grams: dict[tuple[str, int], tuple[jax.Array, jax.Array, jax.Array]] = {}
+
+  def gram(key: str, ok: jax.Array):
+    if (key, id(ok)) not in grams:
+      w_B = _row_weights(outputs[key], ok)
+      k_BxB, n = _centred_gram(outputs[key], w_B), jnp.sum(w_B)
+      grams[key, id(ok)] = (k_BxB, n, hsic_unbiased(k_BxB, k_BxB, n))
+    return grams[key, id(ok)]
+  total_cka = jnp.zeros((), jnp.float32)
+  for a, b, ok in pairs:
+    (k_BxB, n, kk), (l_BxB, _, ll) = gram(a, ok), gram(b, ok)
+    total_cka += jnp.maximum(_cka(hsic_unbiased(k_BxB, l_BxB, n), kk, ll), 0.0)
+  return total_cka
 
 
 TERMS = ("ecg", "text", "contrastive", "disentangle")
@@ -335,14 +345,23 @@ def debiased_cka(x_BxD: jax.Array, y_BxE: jax.Array,
     float32 scalar, about 1 for linearly redundant features and 0 for independent ones
     (noise can take it slightly below 0); 0 when a set has no variance or n < 4.
   """
-  B = x_BxD.shape[0]
-  w_B = (jnp.ones((B,), jnp.float32) if valid_B is None else valid_B.astype(jnp.float32))
+  w_B = _row_weights(x_BxD, valid_B)
   n = jnp.sum(w_B)
   k_BxB, l_BxB = _centred_gram(x_BxD, w_B), _centred_gram(y_BxE, w_B)
-  xy = hsic_unbiased(k_BxB, l_BxB, n)
-  xx = jnp.maximum(hsic_unbiased(k_BxB, k_BxB, n), 0.0)
-  yy = jnp.maximum(hsic_unbiased(l_BxB, l_BxB, n), 0.0)
-  prod = xx * yy
+  return _cka(hsic_unbiased(k_BxB, l_BxB, n), hsic_unbiased(k_BxB, k_BxB, n),
+              hsic_unbiased(l_BxB, l_BxB, n))
+
+
+def _row_weights(x_BxD: jax.Array, valid_B: jax.Array | None) -> jax.Array:
+  """float32 [B]: 1 for the rows that count (all when `valid_B` is None)."""
+  if valid_B is None:
+    return jnp.ones((x_BxD.shape[0],), jnp.float32)
+  return valid_B.astype(jnp.float32)
+
+
+def _cka(xy: jax.Array, xx: jax.Array, yy: jax.Array) -> jax.Array:
+  """CKA from the three HSIC estimates; 0 where a set has no variance."""
+  prod = jnp.maximum(xx, 0.0) * jnp.maximum(yy, 0.0)
   ok = prod > 1e-60
   # The square root only of values kept: sqrt'(0) would turn the unused branch's gradient NaN.
   return jnp.where(ok, xy / jnp.sqrt(jnp.where(ok, prod, 1.0)), 0.0)
