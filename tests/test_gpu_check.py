@@ -68,6 +68,8 @@ def test_gpu_check_dry_run_without_tensorflow(tmp_path):
   assert base["flops_source"].startswith("XLA")
   # XLA's count adds element-wise work to the analytic matmul count.
   assert 1.0 <= base["flops_per_step_xla"] / base["flops_per_step_analytic"] < 1.2
+  assert base["flops_xla_over_analytic"] == pytest.approx(
+      base["flops_per_step_xla"] / base["flops_per_step_analytic"])
   assert 0 < base["mfu"] == report["summary"]["base_mfu"]
   assert base["compiled_memory_bytes"] > base["state_bytes"] > 0
   assert report["versions"]["jax"] and report["platform"] == "cpu"

@@ -273,6 +273,7 @@ def measure(config, devices, *, fit: bool, xla: dict | None = None) -> dict[str,
         config, xla["batch"])["total"]
     r["flops_per_step_xla"] = xla["flops"] * scale
     r["flops_per_step_xla_dots"] = xla["dot_flops"] * scale
+    r["flops_xla_over_analytic"] = r["flops_per_step_xla"] / r["flops_per_step_analytic"]
     r["achieved_tflops"] = r["flops_per_step_xla"] / r["step_s_p50"] / 1e12
     peak = (r["peak_tflops_per_device"] or 0) * 1e12 or None
     r["mfu"] = flops_lib.mfu(r["flops_per_step_xla"], r["step_s_p50"], 1, peak)
