@@ -16,6 +16,7 @@ from typing import Iterable
 
 from data_pipelines import signal as signal_lib
 from data_pipelines import sources
+from data_pipelines.sources import base as source_base
 from data_pipelines.sources import wfdb_io
 from data_pipelines.sources.base import walk
 
@@ -80,6 +81,7 @@ def index_by_name(root: str | os.PathLike) -> dict[str, Located]:
 
 def read_inputs(spec: str | os.PathLike) -> list[Located]:
   """The records of a folder, or of a text file listing one record path per line."""
+  source_base.require_local(spec, "input")
   spec = pathlib.Path(spec)
   if spec.is_dir():
     return records_in_folder(spec)

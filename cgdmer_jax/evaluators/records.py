@@ -19,6 +19,7 @@ from cgdmer_jax import progress as progress_lib
 from cgdmer_jax.evaluators import leads
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from data_pipelines import locate
+from data_pipelines.sources import base as source_base
 
 SPLITS = tasks_lib.SPLITS
 
@@ -50,6 +51,7 @@ def _name_locator(root: pathlib.Path, column: str):
 
 def locator(task: tasks_lib.Task, data_root: str | pathlib.Path, fs: int):
   """A function from a label row (dict) to its `Located` record, or None when absent."""
+  source_base.require_local(data_root, "data root")
   root = pathlib.Path(data_root) / task.root
   if task.root == "ptbxl":
     return _ptbxl_locator(root, prefer_hr=fs > 100)

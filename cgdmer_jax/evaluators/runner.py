@@ -43,6 +43,7 @@ from cgdmer_jax.evaluators import summary
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from cgdmer_jax.evaluators import zero_shot
 from cgdmer_jax.train import workdir_config
+from data_pipelines.sources import base as source_base
 
 TSNE_TASK = "ptbxl_super"
 PROBES = ("merl", "logreg")
@@ -302,6 +303,8 @@ def evaluate_models(workdirs, *, random_init=False, random_seed=0, task_names, f
   if workdirs and not data_root:
     raise ValueError("--data_root is required: the folder holding ptbxl/, cpsc2018/, csn/ "
                      "(and merl_zeroshot/ for the prompts)")
+  if workdirs:
+    source_base.require_local(data_root, "--data_root")
   if workdirs and not pathlib.Path(data_root).is_dir():
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
   if workdirs and (pathlib.Path(data_root) / "ptbxl_database.csv").is_file():

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cgdmer_jax.evaluators import attributes
+from data_pipelines.sources import base as source_base
 
 SPLITS = ("train", "val", "test")
 
@@ -161,6 +162,7 @@ def read_labels(task: Task | str, tables_root: str | os.PathLike) -> dict[str, S
     ValueError: the splits do not have the same set of classes.
   """
   task = TASKS[task] if isinstance(task, str) else task
+  source_base.require_local(tables_root, "label tables' folder")
   root = pathlib.Path(tables_root)
   if task.labels == "attributes":
     path = root / task.tables

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cgdmer_jax.evaluators import tasks as tasks_lib
 from data_pipelines import locate
+from data_pipelines.sources import base as source_base
 
 RECORD, SPLIT = "record", "split"
 
@@ -36,6 +37,7 @@ def read_task(labels_csv: str | os.PathLike) -> tasks_lib.Task:
     ValueError: a missing `record`/`split` column, no class column, a class column that is
       not 0/1, an unknown split name, or no train row.
   """
+  source_base.require_local(labels_csv, "--labels_csv")
   path = pathlib.Path(labels_csv)
   if not path.is_file():
     raise FileNotFoundError(f"--labels_csv {path}: no such file")
@@ -83,6 +85,7 @@ def locator(records_dir: str | os.PathLike):
   Raises:
     FileNotFoundError: `records_dir` is not a folder.
   """
+  source_base.require_local(records_dir, "--records_dir")
   root = pathlib.Path(records_dir)
   if not root.is_dir():
     raise FileNotFoundError(f"--records_dir {root} is not a folder")

@@ -17,6 +17,7 @@ from cgdmer_jax.models import normalize
 from cgdmer_jax.train import accumulate
 from cgdmer_jax.train import workdir_config
 from data_pipelines import tfrecord
+from data_pipelines.sources import base as source_base
 
 # The tables of accepted values belong to the modules that use them.
 NORMALIZE = normalize.METHODS
@@ -116,6 +117,10 @@ def check(config: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
   if best.zero_shot_task:  # the task's name is checked by the scorer's factory (evaluators/)
     _require(bool(best.data_root), "config.best.zero_shot_task needs config.best.data_root (the "
              "folder holding the task's records, label tables and merl_zeroshot/)")
+    try:  # found at the start, not at the first evaluation hours later
+      source_base.require_local(best.data_root, "config.best.data_root")
+    except source_base.LayoutError as e:
+      raise ConfigError(str(e)) from None
     _require(config.loss.contrastive > 0, "config.best.zero_shot_task needs the contrastive "
              "term (config.loss.contrastive > 0)")
     _require(config.eval_every_steps > 0, "config.best.zero_shot_task needs "

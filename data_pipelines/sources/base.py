@@ -31,6 +31,19 @@ class LayoutError(ValueError):
   """The input folder does not have the layout the source expects (a usage error)."""
 
 
+def require_local(path: str | os.PathLike, what: str) -> None:
+  """Refuse an object-storage URL where records are read from files (one-line error).
+
+  Raw records are read by wfdb and scipy, which open local files only; `pathlib` would turn
+  `gs://b/x` into the local path `gs:/b/x` and report it missing, which misleads.
+  """
+  text = os.fspath(path)
+  if "://" in text:
+    raise LayoutError(f"{what} {text} is object storage; raw records are read from local "
+                      "files only: copy the folder to local disk (gcloud storage cp -r) or "
+                      "mount the bucket (gcsfuse)")
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordRef:
   """One listed record, known without reading its signal.
@@ -125,6 +138,7 @@ class Source(abc.ABC):
   has_reports: ClassVar[bool] = False
 
   def __init__(self, root: str | os.PathLike, **options):
+    require_local(root, "input folder")
     self.root = pathlib.Path(root)
     if not self.root.is_dir():
       raise LayoutError(f"input folder {self.root} does not exist or is not a folder")
