@@ -33,6 +33,12 @@ EMBEDDED = REPO / "tests" / "data"
 SHARED = pathlib.Path(os.environ.get("CGDMER_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(items):
+  """Slow tests first (a stable sort): pytest-xdist hands tests out in collection order, and a
+  long test handed out last leaves the other worker idle until it ends."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def quick(tmp_path_factory) -> dict:
   """The quickstart, shortened (10 steps of the tiny model): a trained workdir with its

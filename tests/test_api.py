@@ -169,6 +169,7 @@ np.savez(sys.argv[3], **{f"ecg_{k}": v.numpy() for k, v in e.items()},
 """
 
 
+@pytest.mark.slow
 def test_export_cli_hub_dir_and_savedmodel(quick, enc, tmp_path):
   out, hub = tmp_path / "export", tmp_path / "hub"
   proc = subprocess.run(
@@ -221,6 +222,7 @@ def _serve_savedmodel(tmp_path, savedmodel, ecg, valid, leads, ids, lens):
   return np.load(tmp_path / "tf.npz", allow_pickle=False)
 
 
+@pytest.mark.slow
 def test_bfloat16_savedmodel_matches_the_bfloat16_jax_export(quick, tmp_path):
   out = tmp_path / "bf16"
   export.export_model(quick["pretrain"], out, dtype="bfloat16", platforms=("cpu",),

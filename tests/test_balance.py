@@ -94,6 +94,7 @@ def test_measured_weights_equalise_the_terms_gradients(ptbxl_tfrecords):
   assert float(loss_b) == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_balanced_run_logs_weights_and_resumes_exactly(tmp_path, ptbxl_tfrecords):
   over = {"loss.balance": "grad_norm", "loss.balance_every_steps": 4,
           "checkpoint.every_steps": 100}

@@ -59,6 +59,7 @@ def test_every_command_answers_help_with_status_0():
   assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow
 def test_every_command_exits_2_on_a_usage_error_with_one_line():
   failures = []
   for module, (status, _, err) in _run_all(lambda m: ["--no_such_flag=1"]).items():
@@ -129,6 +130,7 @@ def test_build_refuses_a_nonpositive_rate(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_build_says_when_it_upsamples_and_fails_when_nothing_is_written(tmp_path):
   res = _build(tmp_path, "--source=ptbxl", f"--input={REPO}/tests/data/ptbxl",
                f"--output={tmp_path}/up", "--fs=500", "--workers=1", "--noprogress")

@@ -89,6 +89,7 @@ def test_every_embedded_record_written_or_rejected(embedded_data, tmp_path):
   assert sum(r["status"] == "written" for r in rows) >= 240 + 7 + 2 + 11 + 2
 
 
+@pytest.mark.slow
 def test_every_shared_record_written_or_rejected(shared_data, tmp_path):
   # PTB-XL through the process pool (2 workers), the others in-process.
   rows = _account_for_everything(shared_data, tmp_path, ptbxl_workers=2)
@@ -230,6 +231,7 @@ class _DiesWhenUnpickled:
     return (os._exit, (3,))
 
 
+@pytest.mark.slow
 def test_killed_worker_process(ptbxl_out, embedded_data, tmp_path, monkeypatch):
   out = tmp_path / "worker_killed"
   real_plan = write.plan
@@ -279,6 +281,7 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_cli(embedded_data, tmp_path):
   helptext = _cli("--help")
   assert helptext.returncode == 0

@@ -31,6 +31,7 @@ def _group_norms(grads):
   return {g: np.sqrt(v) for g, v in sq.items()}
 
 
+@pytest.mark.slow
 def test_term_gradients_match_each_terms_own_gradient(ptbxl_tfrecords):
   config = test_train.tiny_config(ptbxl_tfrecords)
   batch = _batch(config)

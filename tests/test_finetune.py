@@ -78,6 +78,7 @@ def test_finetuning_beats_its_own_start(straight):
   assert report.markdown([res])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_straight_result(straight, quick, embedded_data,
                                                         tmp_path):
   root, res = straight

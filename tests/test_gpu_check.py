@@ -43,6 +43,7 @@ def test_the_refusal_works():
   assert res.returncode != 0 and "not installed on the GPU machine" in res.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_runs_without_tensorflow(tmp_path):
   out = tmp_path / "bench.json"
   res = _run_without_tf("cgdmer_jax.benchmark", [
@@ -54,6 +55,7 @@ def test_benchmark_runs_without_tensorflow(tmp_path):
   assert run["global_batch"] == 4 and run["step_s_p50"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_without_tensorflow(tmp_path):
   # `base` in the dry run: tiny, bfloat16, the FLOP/memory probe, the batch fit, one step.
   res = _run_without_tf("cgdmer_jax.perf.gpu_check", [

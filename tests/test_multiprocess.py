@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cgdmer_jax import cli
 from tests import conftest
 
@@ -35,6 +37,7 @@ def _env(devices: int):
   return env
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_agree(tmp_path, ptbxl_tfrecords):
   port = _free_port()
   workdir = tmp_path / "mp"
@@ -86,6 +89,7 @@ def _checkpoints(workdir):
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
+@pytest.mark.slow
 def test_sigterm_saves_current_step_and_sigkill_resumes_last_interval(tmp_path, ptbxl_tfrecords):
   # A relative --workdir (run from tmp_path), as a user would type it.
   workdir = tmp_path / "pre"

@@ -115,6 +115,7 @@ def test_export_matches_live_model_in_fresh_process(quick, tmp_path):
                              want_e["embedding"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_embed_cli_good_records_and_a_broken_header(quick, tmp_path):
   folder = tmp_path / "in"
   folder.mkdir()
@@ -147,6 +148,7 @@ def test_embed_cli_good_records_and_a_broken_header(quick, tmp_path):
   assert proc.returncode == 2 and "no ECG record" in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_all_six_shared_tasks(quick, shared_data, tmp_path):
   task_names = runner.expand_csn(TASKS, ["merl", "exact"])
   results = runner.evaluate_models(
@@ -187,6 +189,7 @@ def test_evaluate_all_six_shared_tasks(quick, shared_data, tmp_path):
     assert len(cols) == 2 + len(task_names), row
 
 
+@pytest.mark.slow
 def test_evaluate_cli_seed_group_and_its_comparison(quick, tmp_path):
   # The same export twice is a group of two identical seeds: the group's row equals the
   # model's, and the paired difference of the group and the model is exactly 0.

@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from etils import epath
 
@@ -32,6 +33,7 @@ def _metrics(workdir: str) -> list[dict]:
   return [json.loads(line) for line in text.splitlines()]
 
 
+@pytest.mark.slow
 def test_remote_training_resumes_exactly_then_exports_and_embeds(store, ptbxl_tfrecords,
                                                                  tmp_path):
   data = f"{store}/data/ptbxl100"
@@ -86,6 +88,7 @@ def test_remote_training_resumes_exactly_then_exports_and_embeds(store, ptbxl_tf
 
 
 
+@pytest.mark.slow
 def test_remote_evaluation_outputs_and_stored_scores(store, ptbxl_tfrecords, tmp_path):
   # A random-init model of a tiny run is enough to check where evaluation writes and reads.
   remote = f"{store}/runs/eval"

@@ -103,6 +103,7 @@ def test_resume_with_other_model_settings_names_them(tmp_path, ptbxl_tfrecords):
   (workdir / "config.json").write_text(json.dumps(saved))
   checks.check_resume(runtime, workdir)
 
+@pytest.mark.slow
 def test_short_run_on_8_devices_trains_and_checkpoints(tmp_path, ptbxl_tfrecords, caplog):
   assert jax.device_count() == 8
   caplog.set_level(logging.INFO)
@@ -176,6 +177,7 @@ def test_one_device_and_eight_devices_agree(ptbxl_tfrecords):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, ptbxl_tfrecords):
   # Every run shares total_steps (the LR schedule) so the compiled step is the same program.
   straight = tmp_path / "straight"
@@ -194,6 +196,7 @@ def test_resume_is_exact(tmp_path, ptbxl_tfrecords):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
   """The command line in a fresh process (another hash seed) ends where this process does."""
   overrides = {"steps_per_run": 12, "checkpoint.every_steps": 100}
@@ -227,6 +230,7 @@ def test_another_process_trains_the_same_bits(tmp_path, ptbxl_tfrecords):
   assert done.returncode == cli.OK, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, ptbxl_tfrecords):
   workdir = tmp_path / "nan"
   config = tiny_config(ptbxl_tfrecords, steps_per_run=5, **{"checkpoint.every_steps": 5})

@@ -36,6 +36,7 @@ def _steps(workdir, folder="checkpoints"):
   return sorted(int(p.name) for p in (workdir / folder).iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_damaged_shard_saves_state_and_skip_counts_records(ptbxl_tfrecords, tmp_path):
   data = tmp_path / "data"
   shutil.copytree(ptbxl_tfrecords, data)
@@ -62,6 +63,7 @@ def test_damaged_shard_saves_state_and_skip_counts_records(ptbxl_tfrecords, tmp_
   assert resumed[-1]["data/damaged_records"] == 2
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back(ptbxl_tfrecords, tmp_path, caplog):
   workdir = tmp_path / "run"
   loop.train_and_evaluate(tiny_config(ptbxl_tfrecords, steps_per_run=10,
