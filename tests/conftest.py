@@ -3,9 +3,11 @@
 Environment variables must be set before jax or tensorflow is imported anywhere.
 """
 
+import json
 import os
 import pathlib
 import tempfile
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -39,13 +41,52 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+def _run_quickstart(workdir: pathlib.Path) -> dict:
+  out = quickstart.run(workdir, EMBEDDED, pretrain.get_config("size=tiny"), steps=10,
+                       probe_epochs=3, fractions=(0.01, 0.1, 1.0))
+  return {k: out[k] for k in QUICK_PATHS} | {"plots": out["plots"]}
+
+
+QUICK_PATHS = ("data", "pretrain", "eval", "export")
+QUICK_WAIT_S = 1800
+
+
 @pytest.fixture(scope="session")
-def quick(tmp_path_factory) -> dict:
+def quick(tmp_path_factory, worker_id) -> dict:
   """The quickstart, shortened (10 steps of the tiny model): a trained workdir with its
-  evaluation and export, shared by the tests that need a trained model."""
-  return quickstart.run(tmp_path_factory.mktemp("quickstart"), EMBEDDED,
-                        pretrain.get_config("size=tiny"), steps=10, probe_epochs=3,
-                        fractions=(0.01, 0.1, 1.0))
+  evaluation and export, shared by the tests that need a trained model (which only read it).
+
+  Under pytest-xdist the first worker to ask builds it in the run's shared temporary folder
+  and the others wait for it (pytest-xdist's recipe for a once-per-run fixture; `mkdir` is
+  the lock), so it is trained once per run, not once per worker.
+  """
+  if worker_id == "master":
+    return _run_quickstart(tmp_path_factory.mktemp("quickstart"))
+  root = tmp_path_factory.getbasetemp().parent
+  done, failed = root / "quickstart.json", root / "quickstart.failed"
+  try:
+    (root / "quickstart.lock").mkdir()
+  except FileExistsError:
+    deadline = time.monotonic() + QUICK_WAIT_S
+    while not done.exists():
+      if failed.exists():
+        pytest.fail(f"the shared quickstart fixture failed in another worker: {failed.read_text()}")
+      if time.monotonic() > deadline:
+        pytest.fail(f"the shared quickstart fixture was not ready after {QUICK_WAIT_S} s")
+      time.sleep(1)
+    stored = json.loads(done.read_text())
+    return {k: pathlib.Path(stored[k]) for k in QUICK_PATHS} | {"plots": stored["plots"]}
+  try:
+    (root / "quickstart").mkdir(exist_ok=True)
+    out = _run_quickstart(root / "quickstart")
+  except BaseException as e:
+    failed.write_text(f"{type(e).__name__}: {e}")
+    raise
+  tmp = root / "quickstart.json.tmp"
+  tmp.write_text(json.dumps({k: str(v) for k, v in out.items() if k != "plots"}
+                            | {"plots": out["plots"]}))
+  tmp.rename(done)  # atomic: a waiting worker never reads half a file
+  return out
 
 
 @pytest.fixture(scope="session")
