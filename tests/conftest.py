@@ -41,14 +41,14 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+QUICK_PATHS = ("data", "pretrain", "eval", "export")
+QUICK_WAIT_S = 1800
+
+
 def _run_quickstart(workdir: pathlib.Path) -> dict:
   out = quickstart.run(workdir, EMBEDDED, pretrain.get_config("size=tiny"), steps=10,
                        probe_epochs=3, fractions=(0.01, 0.1, 1.0))
   return {k: out[k] for k in QUICK_PATHS} | {"plots": out["plots"]}
-
-
-QUICK_PATHS = ("data", "pretrain", "eval", "export")
-QUICK_WAIT_S = 1800
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +83,7 @@ def quick(tmp_path_factory, worker_id) -> dict:
     failed.write_text(f"{type(e).__name__}: {e}")
     raise
   tmp = root / "quickstart.json.tmp"
-  tmp.write_text(json.dumps({k: str(v) for k, v in out.items() if k != "plots"}
-                            | {"plots": out["plots"]}))
+  tmp.write_text(json.dumps(out, default=str))  # paths as strings
   tmp.rename(done)  # atomic: a waiting worker never reads half a file
   return out
 
